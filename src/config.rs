@@ -1,0 +1,384 @@
+//! One experiment configuration: every flag of the reproduction's `main.py`, its defaults, and
+//! the checks that refuse a configuration the models cannot honour.
+//!
+//! `TrainArgs` is what clap parses (flags spelled as in the reference, hyphen and underscore
+//! forms both accepted); `Config` is the resolved, validated, serialisable form that every run
+//! records next to its results.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// The networks of the reproduction's `models.py`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum NetType {
+    Lenet,
+    Cifarnet,
+    Resnet18,
+    Noiseresnet18,
+    PerturbResnet18,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
+pub enum Act {
+    Relu,
+    Lrelu,
+    Prelu,
+    Rrelu,
+    Elu,
+    Selu,
+    Tanh,
+    Sigmoid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolType {
+    Max,
+    Avg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseType {
+    Uniform,
+    Normal,
+}
+
+/// Optimisers, spelled as the reference's `--optim-method` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+pub enum OptimMethod {
+    #[value(name = "SGD")]
+    Sgd,
+    #[value(name = "Adam")]
+    Adam,
+    #[value(name = "RMSprop")]
+    RmsProp,
+}
+
+/// Data sets known by name. Later data issues add CIFAR and image folders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+pub enum DatasetName {
+    #[value(name = "MNIST")]
+    Mnist,
+    #[value(name = "FashionMNIST")]
+    FashionMnist,
+    #[value(name = "CIFAR10")]
+    Cifar10,
+    #[value(name = "CIFAR100")]
+    Cifar100,
+}
+
+impl DatasetName {
+    /// Image geometry (channels, side) of the named set.
+    pub fn geometry(self) -> (usize, usize) {
+        match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => (1, 28),
+            DatasetName::Cifar10 | DatasetName::Cifar100 => (3, 32),
+        }
+    }
+
+    pub fn num_classes(self) -> usize {
+        match self {
+            DatasetName::Cifar100 => 100,
+            _ => 10,
+        }
+    }
+}
+
+/// Flags of `pnn train` and `pnn info`, spelled as the reproduction spells them.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    // ---------------- data ----------------
+    /// Training data set (case-insensitive).
+    #[arg(long = "dataset-train", alias = "dataset_train", value_enum, ignore_case = true, default_value = "CIFAR10")]
+    pub dataset_train: DatasetName,
+    /// Test data set (case-insensitive); must have the same image geometry as the training set.
+    #[arg(long = "dataset-test", alias = "dataset_test", value_enum, ignore_case = true, default_value = "CIFAR10")]
+    pub dataset_test: DatasetName,
+    /// Folder holding the data files (MNIST: the four IDX files, gzipped or not).
+    #[arg(long, default_value = "./data")]
+    pub dataroot: PathBuf,
+    /// Run folder: arguments, metrics and checkpoints go here [default: results/<timestamp>].
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Folder for the logs (config and metrics) [default: the run folder].
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
+    /// Continue training from a checkpoint folder (e.g. results/<run>/checkpoint-last).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+
+    // ---------------- model ----------------
+    /// Network: lenet, cifarnet, resnet18, noiseresnet18, perturb_resnet18.
+    #[arg(long = "net-type", alias = "net_type", value_enum, ignore_case = true, default_value = "resnet18")]
+    pub net_type: NetType,
+    /// Number of filters (feature maps) in each layer.
+    #[arg(long, default_value_t = 64)]
+    pub nfilters: usize,
+    /// Noise masks per input channel (the paper's fan-out).
+    #[arg(long, default_value_t = 1)]
+    pub nmasks: usize,
+    /// Noise level: masks are scaled by this before they are added.
+    #[arg(long, default_value_t = 0.5)]
+    pub level: f64,
+    /// Multiplies the noise level of the first layer only.
+    #[arg(long = "scale_noise", alias = "scale-noise", default_value_t = 1.0)]
+    pub scale_noise: f64,
+    /// Distribution of the noise masks: uniform in [-1, 1] or standard normal.
+    #[arg(long = "noise_type", alias = "noise-type", value_enum, ignore_case = true, default_value = "uniform")]
+    pub noise_type: NoiseType,
+    /// Dropout probability before the fully connected layers (lenet, cifarnet).
+    #[arg(long, default_value_t = 0.5)]
+    pub dropout: f64,
+    /// Activation function, used in every layer.
+    #[arg(long, value_enum, ignore_case = true, default_value = "relu")]
+    pub act: Act,
+    /// Pooling between blocks: max or avg.
+    #[arg(long = "pool_type", alias = "pool-type", value_enum, ignore_case = true, default_value = "max")]
+    pub pool_type: PoolType,
+    /// Kernel size of the layers after the first: 0 = perturbation layer, n > 0 = n x n convolution.
+    #[arg(long = "filter_size", alias = "filter-size", default_value_t = 0)]
+    pub filter_size: usize,
+    /// Kernel size of the first layer: 0 = perturbation layer, n > 0 = n x n convolution.
+    #[arg(long = "first_filter_size", alias = "first-filter-size", default_value_t = 0)]
+    pub first_filter_size: usize,
+    /// Apply the activation right after perturbing the input of the first layer.
+    #[arg(long = "use_act", alias = "use-act", overrides_with = "no_use_act")]
+    pub use_act: bool,
+    /// Do not apply the activation after the first layer's perturbation (default).
+    #[arg(long = "no-use_act", aliases = ["no-use-act", "no_use_act"], overrides_with = "use_act")]
+    pub no_use_act: bool,
+    /// A different set of masks for each input channel (default).
+    #[arg(long = "unique_masks", alias = "unique-masks", overrides_with = "no_unique_masks")]
+    pub unique_masks: bool,
+    /// The same set of masks for every input channel.
+    #[arg(long = "no-unique_masks", aliases = ["no-unique-masks", "no_unique_masks"], overrides_with = "unique_masks")]
+    pub no_unique_masks: bool,
+    /// Train the noise masks as ordinary parameters.
+    #[arg(long = "train_masks", alias = "train-masks", overrides_with = "no_train_masks")]
+    pub train_masks: bool,
+    /// Keep the noise masks fixed (default).
+    #[arg(long = "no-train_masks", aliases = ["no-train-masks", "no_train_masks"], overrides_with = "train_masks")]
+    pub no_train_masks: bool,
+    /// Add a second 1x1 convolution (+ BatchNorm + activation) that mixes the output maps.
+    #[arg(long = "mix_maps", alias = "mix-maps", overrides_with = "no_mix_maps")]
+    pub mix_maps: bool,
+    /// No mixing 1x1 convolution (default).
+    #[arg(long = "no-mix_maps", aliases = ["no-mix-maps", "no_mix_maps"], overrides_with = "mix_maps")]
+    pub no_mix_maps: bool,
+    /// Print input, noise and output values of the perturbation layers at every step.
+    #[arg(long, overrides_with = "no_debug")]
+    pub debug: bool,
+    /// No debug printing (default).
+    #[arg(long = "no-debug", alias = "no_debug", overrides_with = "debug")]
+    pub no_debug: bool,
+
+    // ---------------- training ----------------
+    /// Images per batch, for training and testing.
+    #[arg(long = "batch-size", alias = "batch_size", default_value_t = 64)]
+    pub batch_size: usize,
+    /// Number of epochs to train.
+    #[arg(long, default_value_t = 150)]
+    pub nepochs: usize,
+    /// Worker threads for data loading.
+    #[arg(long, default_value_t = 4)]
+    pub nthreads: usize,
+    /// Seed of every random choice: weights, noise masks, shuffling, dropout.
+    #[arg(long = "manual-seed", alias = "manual_seed", default_value_t = 1)]
+    pub manual_seed: u64,
+    /// Train on the first N training images only (for quick experiments on a CPU).
+    #[arg(long = "train-subset", alias = "train_subset")]
+    pub train_subset: Option<usize>,
+    /// Test on the first N test images only.
+    #[arg(long = "test-subset", alias = "test_subset")]
+    pub test_subset: Option<usize>,
+
+    // ---------------- optimiser ----------------
+    /// Optimiser: SGD (Nesterov momentum), Adam or RMSprop.
+    #[arg(long = "optim-method", alias = "optim_method", value_enum, ignore_case = true, default_value = "SGD")]
+    pub optim_method: OptimMethod,
+    /// Initial learning rate (decayed by the data set's step schedule).
+    #[arg(long = "learning-rate", alias = "learning_rate", default_value_t = 1e-3)]
+    pub learning_rate: f64,
+    /// Accepted for compatibility with the reference, which parses and ignores it; the step
+    /// schedule of the data set decides the decay.
+    #[arg(long = "learning-rate-decay", alias = "learning_rate_decay")]
+    pub learning_rate_decay: Option<f64>,
+    /// Momentum (SGD and RMSprop).
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// L2 weight decay, added to the gradient.
+    #[arg(long = "weight-decay", alias = "weight_decay", default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Adam beta1.
+    #[arg(long = "adam-beta1", alias = "adam_beta1", default_value_t = 0.9)]
+    pub adam_beta1: f64,
+    /// Adam beta2.
+    #[arg(long = "adam-beta2", alias = "adam_beta2", default_value_t = 0.999)]
+    pub adam_beta2: f64,
+}
+
+/// A resolved, validated experiment configuration. Recorded in every run folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub dataset_train: DatasetName,
+    pub dataset_test: DatasetName,
+    pub dataroot: PathBuf,
+    pub net_type: NetType,
+    pub nfilters: usize,
+    pub nmasks: usize,
+    pub level: f64,
+    pub scale_noise: f64,
+    pub noise_type: NoiseType,
+    pub dropout: f64,
+    pub act: Act,
+    pub pool_type: PoolType,
+    pub filter_size: usize,
+    pub first_filter_size: usize,
+    pub use_act: bool,
+    pub unique_masks: bool,
+    pub train_masks: bool,
+    pub mix_maps: bool,
+    pub debug: bool,
+    pub batch_size: usize,
+    pub nepochs: usize,
+    pub nthreads: usize,
+    pub manual_seed: u64,
+    pub train_subset: Option<usize>,
+    pub test_subset: Option<usize>,
+    pub optim_method: OptimMethod,
+    pub learning_rate: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+}
+
+impl TrainArgs {
+    /// Resolves the paired on/off flags and validates the whole configuration.
+    pub fn to_config(&self) -> Result<Config> {
+        let config = Config {
+            dataset_train: self.dataset_train,
+            dataset_test: self.dataset_test,
+            dataroot: self.dataroot.clone(),
+            net_type: self.net_type,
+            nfilters: self.nfilters,
+            nmasks: self.nmasks,
+            level: self.level,
+            scale_noise: self.scale_noise,
+            noise_type: self.noise_type,
+            dropout: self.dropout,
+            act: self.act,
+            pool_type: self.pool_type,
+            filter_size: self.filter_size,
+            first_filter_size: self.first_filter_size,
+            // clap's overrides_with leaves only the last of each pair set.
+            use_act: self.use_act,
+            unique_masks: !self.no_unique_masks,
+            train_masks: self.train_masks,
+            mix_maps: self.mix_maps,
+            debug: self.debug,
+            batch_size: self.batch_size,
+            nepochs: self.nepochs,
+            nthreads: self.nthreads,
+            manual_seed: self.manual_seed,
+            train_subset: self.train_subset,
+            test_subset: self.test_subset,
+            optim_method: self.optim_method,
+            learning_rate: self.learning_rate,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            adam_beta1: self.adam_beta1,
+            adam_beta2: self.adam_beta2,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Refuses, before anything is built, every configuration the models cannot honour. The
+    /// reference prints a warning and carries on in several of these cases; we stop instead.
+    pub fn validate(&self) -> Result<()> {
+        let (train_c, train_side) = self.dataset_train.geometry();
+        let (test_c, test_side) = self.dataset_test.geometry();
+        if (train_c, train_side) != (test_c, test_side) {
+            bail!(
+                "--dataset-train {:?} has {train_c}x{train_side}x{train_side} images but --dataset-test {:?} has {test_c}x{test_side}x{test_side}: \
+                 test on a data set with the same image size",
+                self.dataset_train,
+                self.dataset_test
+            );
+        }
+        if self.nfilters == 0 {
+            bail!("--nfilters must be at least 1");
+        }
+        if self.nmasks == 0 {
+            bail!("--nmasks must be at least 1 (1 = one noise mask per input channel)");
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        for (flag, size) in [("--filter_size", self.filter_size), ("--first_filter_size", self.first_filter_size)] {
+            if ![0, 1, 3, 5, 7].contains(&size) {
+                bail!("{flag} {size} is not supported: use 0 (perturbation layer) or a convolution of size 1, 3, 5 or 7");
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("--dropout {} must be in [0, 1)", self.dropout);
+        }
+        if !self.level.is_finite() || !self.scale_noise.is_finite() {
+            bail!("--level and --scale_noise must be finite numbers");
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            bail!("--learning-rate must be a positive number, got {}", self.learning_rate);
+        }
+        // A grouped 1x1 convolution (nmasks > 1) needs out_channels divisible by in_channels.
+        if self.nmasks > 1 && self.any_perturbation_layer() {
+            let (in_c, _) = self.dataset_train.geometry();
+            if self.first_filter_size == 0 && self.nfilters % in_c != 0 {
+                bail!(
+                    "--nmasks {} with a perturbation first layer groups the 1x1 convolution by input channel: \
+                     --nfilters {} must be divisible by the {in_c} input channels (try --nfilters {})",
+                    self.nmasks,
+                    self.nfilters,
+                    (self.nfilters / in_c).max(1) * in_c
+                );
+            }
+        }
+        if self.net_type == NetType::Noiseresnet18 && !matches!(self.first_filter_size, 3 | 7) {
+            bail!(
+                "noiseresnet18 (the original authors' model) needs a convolution first layer: \
+                 use --first_filter_size 3 or 7, or --net-type perturb_resnet18 for noise masks in the first layer"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the configuration builds at least one perturbation layer.
+    pub fn any_perturbation_layer(&self) -> bool {
+        match self.net_type {
+            NetType::Resnet18 | NetType::Noiseresnet18 => false,
+            _ => self.first_filter_size == 0 || self.filter_size == 0,
+        }
+    }
+
+    pub fn input_channels(&self) -> usize {
+        self.dataset_train.geometry().0
+    }
+
+    pub fn input_size(&self) -> usize {
+        self.dataset_train.geometry().1
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.dataset_train.num_classes()
+    }
+}

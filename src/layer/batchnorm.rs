@@ -1,0 +1,65 @@
+//! BatchNorm with PyTorch's semantics.
+//!
+//! burn's `BatchNorm` updates the running variance with the biased batch variance; PyTorch uses
+//! the unbiased one (n / (n - 1)). Over a long run the difference shows in every evaluation, so
+//! the reference's numbers need PyTorch's rule: momentum 0.1, eps 1e-5, batch statistics in
+//! training, running statistics in evaluation.
+
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{Device, Tensor};
+
+pub const BN_MOMENTUM: f64 = 0.1;
+pub const BN_EPSILON: f64 = 1e-5;
+
+/// `nn.BatchNorm1d` / `nn.BatchNorm2d`: works on any input of shape [N, C, ...].
+#[derive(Module, Debug)]
+pub struct BatchNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub running_mean: RunningState<Tensor<1>>,
+    pub running_var: RunningState<Tensor<1>>,
+}
+
+impl BatchNorm {
+    /// Weight 1 and bias 0: both PyTorch's default and the reference's `weights_init`.
+    pub fn new(num_features: usize, device: &Device) -> Self {
+        Self {
+            weight: Param::from_tensor(Tensor::ones([num_features], device)),
+            bias: Param::from_tensor(Tensor::zeros([num_features], device)),
+            running_mean: RunningState::new(Tensor::zeros([num_features], device)),
+            running_var: RunningState::new(Tensor::ones([num_features], device)),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if x.device().is_autodiff() {
+            self.forward_train(x)
+        } else {
+            burn::tensor::module::batch_norm(
+                x,
+                self.weight.val(),
+                self.bias.val(),
+                self.running_mean.value(),
+                self.running_var.value(),
+                BN_EPSILON,
+            )
+        }
+    }
+
+    fn forward_train<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dims = x.dims();
+        // Values per channel that the batch statistics were computed over.
+        let n: usize = dims.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| d).product();
+        let result = burn::tensor::module::batch_norm_train(x, self.weight.val(), self.bias.val(), BN_EPSILON);
+        let unbias = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };
+        let mean = self.running_mean.value_sync();
+        let var = self.running_var.value_sync();
+        let mean = mean.mul_scalar(1.0 - BN_MOMENTUM).add(result.mean.detach().mul_scalar(BN_MOMENTUM));
+        let var = var
+            .mul_scalar(1.0 - BN_MOMENTUM)
+            .add(result.variance.detach().mul_scalar(BN_MOMENTUM * unbias));
+        self.running_mean.update(mean.detach());
+        self.running_var.update(var.detach());
+        result.output
+    }
+}

@@ -1,0 +1,72 @@
+//! Convolutions initialised as the reference's `weights_init`.
+
+use burn::module::Param;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// Geometry of one 2-D convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Self { in_channels, out_channels, kernel, stride: 1, padding: 0, groups: 1, bias: true }
+    }
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+    pub fn padding(mut self, padding: usize) -> Self {
+        self.padding = padding;
+        self
+    }
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+    pub fn bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// Builds the convolution. Weights ~ N(0, sqrt(2 / (k * k * out_channels))) as the
+    /// reference's `weights_init`; the bias keeps PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    pub fn init(self, device: &Device) -> Conv2d {
+        let k = self.kernel;
+        let fan_in = self.in_channels / self.groups * k * k;
+        let std = (2.0 / (k * k * self.out_channels) as f64).sqrt();
+        let weight = Tensor::random(
+            [self.out_channels, self.in_channels / self.groups, k, k],
+            Distribution::Normal(0.0, std),
+            device,
+        );
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let bias = self
+            .bias
+            .then(|| Param::from_tensor(Tensor::random([self.out_channels], Distribution::Uniform(-bound, bound), device)));
+        let p = self.padding;
+        Conv2d {
+            weight: Param::from_tensor(weight),
+            bias,
+            stride: [self.stride, self.stride],
+            kernel_size: [k, k],
+            dilation: [1, 1],
+            groups: self.groups,
+            padding: PaddingConfig2d::Explicit(p, p, p, p),
+        }
+    }
+}
+
+/// PyTorch's default `nn.Linear` init: weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)).
+pub fn linear(in_features: usize, out_features: usize, device: &Device) -> burn::nn::Linear {
+    burn::nn::LinearConfig::new(in_features, out_features).init(device)
+}

@@ -1,0 +1,12 @@
+//! Building blocks shared by the models: the perturbation layer and what it is made of.
+
+pub mod activation;
+pub mod batchnorm;
+pub mod conv;
+pub mod perturb;
+pub mod pool;
+
+pub use activation::Activation;
+pub use batchnorm::BatchNorm;
+pub use perturb::{PerturbLayer, PerturbSpec};
+pub use pool::Pool;

@@ -1,0 +1,13 @@
+//! pnn: Perturbative Neural Networks, with the reproduction's flags and honest accuracy.
+//!
+//! - [`config`]: every flag of an experiment, validated.
+//! - [`layer`]: the perturbation layer and its parts (activation, BatchNorm, convolution, pooling).
+//! - [`models`]: the networks.
+//! - [`data`]: reading data sets and batching them.
+//! - [`train`]: the training loop, optimisers, schedule, metrics and checkpoints.
+
+pub mod config;
+pub mod data;
+pub mod layer;
+pub mod models;
+pub mod train;

@@ -1,0 +1,55 @@
+//! The `pnn` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pnn::config::TrainArgs;
+use pnn::models::{self, ParamCount};
+use pnn::train::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "pnn", version, about = "Perturbative Neural Networks: train the reproduction's models and report honest accuracy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model; each epoch reports the correct test accuracy and the one the original PNN
+    /// code would have reported.
+    Train(TrainArgs),
+    /// Print a model's layers and its size (regular parameters and noise mask values).
+    Info(TrainArgs),
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(args) => {
+            let config = args.to_config()?;
+            train::train(
+                &config,
+                RunOptions { save: args.save.clone(), logs: args.logs.clone(), resume: args.resume.clone(), verbose: true },
+            )?;
+        }
+        Command::Info(args) => {
+            let config = args.to_config()?;
+            let (device, _) = train::trainer::default_device();
+            device.seed(config.manual_seed);
+            let model = models::build(&config, &device)?;
+            println!("{model}");
+            println!("{}", ParamCount::of(&model).model_size_line());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

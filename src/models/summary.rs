@@ -1,0 +1,57 @@
+//! Parameter counts as the reference prints them: regular parameters and noise mask values.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+
+/// Counts of a model's values, split as the reference's `Model size` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ParamCount {
+    /// Learnable parameters other than noise masks (PyTorch's `named_parameters` minus masks).
+    pub regular: usize,
+    /// Noise mask values (parameters named `noise`, trainable or not).
+    pub noise: usize,
+}
+
+impl ParamCount {
+    pub fn of<M: Module>(model: &M) -> Self {
+        let mut counter = Counter::default();
+        model.visit(&mut counter);
+        counter.count
+    }
+
+    /// The reference's line: `Model size: 0.30M regular parameters, 0.03M noise mask values`,
+    /// with the exact counts beside.
+    pub fn model_size_line(&self) -> String {
+        format!(
+            "Model size: {:.2}M regular parameters, {:.2}M noise mask values ({} regular parameters, {} noise mask values)",
+            self.regular as f64 / 1e6,
+            self.noise as f64 / 1e6,
+            self.regular,
+            self.noise
+        )
+    }
+}
+
+#[derive(Default)]
+struct Counter {
+    path: Vec<String>,
+    count: ParamCount,
+}
+
+impl ModuleVisitor for Counter {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let n = param.shape().num_elements();
+        match self.path.last().map(String::as_str) {
+            // BatchNorm running statistics are buffers in PyTorch, not parameters.
+            Some("running_mean" | "running_var") => {}
+            Some("noise") => self.count.noise += n,
+            _ => self.count.regular += n,
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Training: the loop, optimisers, schedule, metrics, checkpoints and result files.
+
+pub mod checkpoint;
+pub mod files;
+pub mod metrics;
+pub mod optim;
+pub mod run_dir;
+pub mod schedule;
+pub mod trainer;
+
+pub use trainer::{RunOptions, RunSummary, train};
