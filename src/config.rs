@@ -97,10 +97,22 @@ impl DatasetName {
 pub struct TrainArgs {
     // ---------------- data ----------------
     /// Training data set (case-insensitive).
-    #[arg(long = "dataset-train", alias = "dataset_train", value_enum, ignore_case = true, default_value = "CIFAR10")]
+    #[arg(
+        long = "dataset-train",
+        alias = "dataset_train",
+        value_enum,
+        ignore_case = true,
+        default_value = "CIFAR10"
+    )]
     pub dataset_train: DatasetName,
     /// Test data set (case-insensitive); must have the same image geometry as the training set.
-    #[arg(long = "dataset-test", alias = "dataset_test", value_enum, ignore_case = true, default_value = "CIFAR10")]
+    #[arg(
+        long = "dataset-test",
+        alias = "dataset_test",
+        value_enum,
+        ignore_case = true,
+        default_value = "CIFAR10"
+    )]
     pub dataset_test: DatasetName,
     /// Folder holding the data files (MNIST: the four IDX files, gzipped or not).
     #[arg(long, default_value = "./data")]
@@ -114,10 +126,19 @@ pub struct TrainArgs {
     /// Continue training from a checkpoint folder (e.g. results/<run>/checkpoint-last).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Where to compute: cpu, vulkan[:N] or cuda[:N] (GPU ones need a binary built with that feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 
     // ---------------- model ----------------
     /// Network: lenet, cifarnet, resnet18, noiseresnet18, perturb_resnet18.
-    #[arg(long = "net-type", alias = "net_type", value_enum, ignore_case = true, default_value = "resnet18")]
+    #[arg(
+        long = "net-type",
+        alias = "net_type",
+        value_enum,
+        ignore_case = true,
+        default_value = "resnet18"
+    )]
     pub net_type: NetType,
     /// Number of filters (feature maps) in each layer.
     #[arg(long, default_value_t = 64)]
@@ -132,7 +153,13 @@ pub struct TrainArgs {
     #[arg(long = "scale_noise", alias = "scale-noise", default_value_t = 1.0)]
     pub scale_noise: f64,
     /// Distribution of the noise masks: uniform in [-1, 1] or standard normal.
-    #[arg(long = "noise_type", alias = "noise-type", value_enum, ignore_case = true, default_value = "uniform")]
+    #[arg(
+        long = "noise_type",
+        alias = "noise-type",
+        value_enum,
+        ignore_case = true,
+        default_value = "uniform"
+    )]
     pub noise_type: NoiseType,
     /// Dropout probability before the fully connected layers (lenet, cifarnet).
     #[arg(long, default_value_t = 0.5)]
@@ -141,7 +168,13 @@ pub struct TrainArgs {
     #[arg(long, value_enum, ignore_case = true, default_value = "relu")]
     pub act: Act,
     /// Pooling between blocks: max or avg.
-    #[arg(long = "pool_type", alias = "pool-type", value_enum, ignore_case = true, default_value = "max")]
+    #[arg(
+        long = "pool_type",
+        alias = "pool-type",
+        value_enum,
+        ignore_case = true,
+        default_value = "max"
+    )]
     pub pool_type: PoolType,
     /// Kernel size of the layers after the first: 0 = perturbation layer, n > 0 = n x n convolution.
     #[arg(long = "filter_size", alias = "filter-size", default_value_t = 0)]
@@ -202,7 +235,13 @@ pub struct TrainArgs {
 
     // ---------------- optimiser ----------------
     /// Optimiser: SGD (Nesterov momentum), Adam or RMSprop.
-    #[arg(long = "optim-method", alias = "optim_method", value_enum, ignore_case = true, default_value = "SGD")]
+    #[arg(
+        long = "optim-method",
+        alias = "optim_method",
+        value_enum,
+        ignore_case = true,
+        default_value = "SGD"
+    )]
     pub optim_method: OptimMethod,
     /// Initial learning rate (decayed by the data set's step schedule).
     #[arg(long = "learning-rate", alias = "learning_rate", default_value_t = 1e-3)]
@@ -326,9 +365,14 @@ impl Config {
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
-        for (flag, size) in [("--filter_size", self.filter_size), ("--first_filter_size", self.first_filter_size)] {
+        for (flag, size) in [
+            ("--filter_size", self.filter_size),
+            ("--first_filter_size", self.first_filter_size),
+        ] {
             if ![0, 1, 3, 5, 7].contains(&size) {
-                bail!("{flag} {size} is not supported: use 0 (perturbation layer) or a convolution of size 1, 3, 5 or 7");
+                bail!(
+                    "{flag} {size} is not supported: use 0 (perturbation layer) or a convolution of size 1, 3, 5 or 7"
+                );
             }
         }
         if !(0.0..1.0).contains(&self.dropout) {

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod layer;
 pub mod models;
 pub mod train;

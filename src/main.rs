@@ -4,11 +4,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pnn::config::TrainArgs;
+use pnn::device::Backend;
 use pnn::models::{self, ParamCount};
 use pnn::train::{self, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "pnn", version, about = "Perturbative Neural Networks: train the reproduction's models and report honest accuracy")]
+#[command(
+    name = "pnn",
+    version,
+    about = "Perturbative Neural Networks: train the reproduction's models and report honest accuracy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,14 +32,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => {
             let config = args.to_config()?;
-            train::train(
-                &config,
-                RunOptions { save: args.save.clone(), logs: args.logs.clone(), resume: args.resume.clone(), verbose: true },
-            )?;
+            let backend = Backend::parse(&args.device)?;
+            let opts = RunOptions {
+                save: args.save,
+                logs: args.logs,
+                resume: args.resume,
+                backend,
+                verbose: true,
+            };
+            train::train(&config, opts)?;
         }
         Command::Info(args) => {
             let config = args.to_config()?;
-            let (device, _) = train::trainer::default_device();
+            let device = Backend::parse(&args.device)?.device;
             device.seed(config.manual_seed);
             let model = models::build(&config, &device)?;
             println!("{model}");

@@ -48,12 +48,18 @@ pub struct Normalization {
 impl Normalization {
     /// The reference's MNIST normalisation.
     pub fn mnist() -> Self {
-        Self { mean: vec![0.1307], std: vec![0.3081] }
+        Self {
+            mean: vec![0.1307],
+            std: vec![0.3081],
+        }
     }
 
     /// The reference's CIFAR normalisation.
     pub fn cifar() -> Self {
-        Self { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2023, 0.1994, 0.2010] }
+        Self {
+            mean: vec![0.4914, 0.4822, 0.4465],
+            std: vec![0.2023, 0.1994, 0.2010],
+        }
     }
 
     /// Writes the normalised image into `out` (same length, channel-major).

@@ -23,12 +23,17 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut reader = BufReader::new(file);
     let mut raw = Vec::new();
-    reader.read_to_end(&mut raw).with_context(|| format!("cannot read {}", path.display()))?;
+    reader
+        .read_to_end(&mut raw)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .with_context(|| format!("{} looks gzipped but does not decompress: the file is damaged or truncated", path.display()))?;
+        GzDecoder::new(raw.as_slice()).read_to_end(&mut out).with_context(|| {
+            format!(
+                "{} looks gzipped but does not decompress: the file is damaged or truncated",
+                path.display()
+            )
+        })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -38,16 +43,25 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
 /// Parses IDX bytes. `expected_ndim` is 3 for images, 1 for labels.
 pub fn parse_idx(bytes: &[u8], expected_ndim: usize, what: &str) -> Result<IdxArray> {
     if bytes.len() < 4 {
-        bail!("{what}: {} bytes is too short for an IDX file (it starts with a 4-byte magic number)", bytes.len());
+        bail!(
+            "{what}: {} bytes is too short for an IDX file (it starts with a 4-byte magic number)",
+            bytes.len()
+        );
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         bail!(
             "{what}: wrong magic number {:02x} {:02x} {:02x} {:02x}: an IDX file starts with 00 00 08 {expected_ndim:02x}",
-            bytes[0], bytes[1], bytes[2], bytes[3]
+            bytes[0],
+            bytes[1],
+            bytes[2],
+            bytes[3]
         );
     }
     if bytes[2] != IDX_U8 {
-        bail!("{what}: IDX value type 0x{:02x} is not supported: MNIST-style files hold unsigned bytes (0x08)", bytes[2]);
+        bail!(
+            "{what}: IDX value type 0x{:02x} is not supported: MNIST-style files hold unsigned bytes (0x08)",
+            bytes[2]
+        );
     }
     let ndim = bytes[3] as usize;
     if ndim != expected_ndim {
@@ -55,7 +69,10 @@ pub fn parse_idx(bytes: &[u8], expected_ndim: usize, what: &str) -> Result<IdxAr
     }
     let header = 4 + 4 * ndim;
     if bytes.len() < header {
-        bail!("{what}: the file ends inside its header ({} of {header} bytes)", bytes.len());
+        bail!(
+            "{what}: the file ends inside its header ({} of {header} bytes)",
+            bytes.len()
+        );
     }
     let dims: Vec<usize> = (0..ndim)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
@@ -68,7 +85,10 @@ pub fn parse_idx(bytes: &[u8], expected_ndim: usize, what: &str) -> Result<IdxAr
             body.len()
         );
     }
-    Ok(IdxArray { dims, data: body.to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: body.to_vec(),
+    })
 }
 
 pub fn read_idx(path: &Path, expected_ndim: usize) -> Result<IdxArray> {

@@ -61,7 +61,12 @@ pub struct Loader {
 impl Loader {
     pub fn new(set: Arc<ImageSet>, norm: Normalization, batch_size: usize, order: Order) -> Self {
         assert!(batch_size > 0, "batch size is validated to be positive");
-        Self { set, norm, batch_size, order }
+        Self {
+            set,
+            norm,
+            batch_size,
+            order,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -102,7 +107,10 @@ impl Loader {
                 }
             }
         });
-        BatchIter { rx, worker: Some(worker) }
+        BatchIter {
+            rx,
+            worker: Some(worker),
+        }
     }
 }
 

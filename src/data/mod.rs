@@ -46,5 +46,9 @@ pub fn load(config: &Config) -> Result<Data> {
         DatasetName::Mnist | DatasetName::FashionMnist => Normalization::mnist(),
         DatasetName::Cifar10 | DatasetName::Cifar100 => Normalization::cifar(),
     };
-    Ok(Data { train, test, normalization })
+    Ok(Data {
+        train,
+        test,
+        normalization,
+    })
 }

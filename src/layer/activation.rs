@@ -1,8 +1,8 @@
 //! The activations of the reference's `act_fn`, with PyTorch's constants.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Distribution, Tensor, activation};
 use burn::tensor::Device;
+use burn::tensor::{Distribution, Tensor, activation};
 
 use crate::config::Act;
 
@@ -25,8 +25,7 @@ pub struct Activation {
 
 impl Activation {
     pub fn new(kind: Act, device: &Device) -> Self {
-        let prelu_alpha = (kind == Act::Prelu)
-            .then(|| Param::from_tensor(Tensor::full([1], PRELU_INIT, device)));
+        let prelu_alpha = (kind == Act::Prelu).then(|| Param::from_tensor(Tensor::full([1], PRELU_INIT, device)));
         Self { kind, prelu_alpha }
     }
 

@@ -49,12 +49,19 @@ impl BatchNorm {
     fn forward_train<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         // Values per channel that the batch statistics were computed over.
-        let n: usize = dims.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| d).product();
+        let n: usize = dims
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, d)| d)
+            .product();
         let result = burn::tensor::module::batch_norm_train(x, self.weight.val(), self.bias.val(), BN_EPSILON);
         let unbias = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };
         let mean = self.running_mean.value_sync();
         let var = self.running_var.value_sync();
-        let mean = mean.mul_scalar(1.0 - BN_MOMENTUM).add(result.mean.detach().mul_scalar(BN_MOMENTUM));
+        let mean = mean
+            .mul_scalar(1.0 - BN_MOMENTUM)
+            .add(result.mean.detach().mul_scalar(BN_MOMENTUM));
         let var = var
             .mul_scalar(1.0 - BN_MOMENTUM)
             .add(result.variance.detach().mul_scalar(BN_MOMENTUM * unbias));

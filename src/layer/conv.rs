@@ -19,7 +19,15 @@ pub struct ConvSpec {
 
 impl ConvSpec {
     pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
-        Self { in_channels, out_channels, kernel, stride: 1, padding: 0, groups: 1, bias: true }
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: 0,
+            groups: 1,
+            bias: true,
+        }
     }
     pub fn stride(mut self, stride: usize) -> Self {
         self.stride = stride;
@@ -50,9 +58,13 @@ impl ConvSpec {
             device,
         );
         let bound = 1.0 / (fan_in as f64).sqrt();
-        let bias = self
-            .bias
-            .then(|| Param::from_tensor(Tensor::random([self.out_channels], Distribution::Uniform(-bound, bound), device)));
+        let bias = self.bias.then(|| {
+            Param::from_tensor(Tensor::random(
+                [self.out_channels],
+                Distribution::Uniform(-bound, bound),
+                device,
+            ))
+        });
         let p = self.padding;
         Conv2d {
             weight: Param::from_tensor(weight),

@@ -153,7 +153,12 @@ fn print_debug_values(x: &Tensor<4>, noise: &Tensor<5>, y: &Tensor<5>) {
         let v: Vec<f32> = t.into_data().try_to_vec::<f32>().unwrap_or_default();
         v.iter().map(|x| format!("{x:9.5}")).collect::<Vec<_>>().join(" ")
     };
-    println!("perturb: input {:?}, noise {:?}, perturbed {:?}", x.dims(), noise.dims(), y.dims());
+    println!(
+        "perturb: input {:?}, noise {:?}, perturbed {:?}",
+        x.dims(),
+        noise.dims(),
+        y.dims()
+    );
     for img in 0..n.min(2) {
         for ch in 0..c.min(2) {
             let xi = x.clone().slice(s![img, ch, 0, 0..k]).unsqueeze_dim::<5>(0);
@@ -162,7 +167,10 @@ fn print_debug_values(x: &Tensor<4>, noise: &Tensor<5>, y: &Tensor<5>) {
     }
     for ch in 0..nc.min(2) {
         for mask in 0..m.min(2) {
-            println!("  noise channel{ch} mask{mask}           {}", row(noise.clone().slice(s![0, ch, mask, 0, 0..k])));
+            println!(
+                "  noise channel{ch} mask{mask}           {}",
+                row(noise.clone().slice(s![0, ch, mask, 0, 0..k]))
+            );
         }
     }
     for img in 0..n.min(2) {

@@ -19,7 +19,10 @@ impl Pool {
         let pad = PaddingConfig2d::Explicit(padding, padding, padding, padding);
         match kind {
             PoolType::Max => Pool::Max(
-                MaxPool2dConfig::new([kernel, kernel]).with_strides([stride, stride]).with_padding(pad).init(),
+                MaxPool2dConfig::new([kernel, kernel])
+                    .with_strides([stride, stride])
+                    .with_padding(pad)
+                    .init(),
             ),
             PoolType::Avg => Pool::Avg(
                 AvgPool2dConfig::new([kernel, kernel])

@@ -23,7 +23,11 @@ pub struct Geometry {
 
 impl Geometry {
     pub fn of(config: &Config) -> Self {
-        Self { channels: config.input_channels(), input_size: config.input_size(), num_classes: config.num_classes() }
+        Self {
+            channels: config.input_channels(),
+            input_size: config.input_size(),
+            num_classes: config.num_classes(),
+        }
     }
 }
 
@@ -86,7 +90,7 @@ pub fn inner_layer_spec(config: &Config, in_channels: usize, out_channels: usize
 pub fn layer_output_size(size: usize, filter_size: usize) -> usize {
     match filter_size {
         0 | 1 | 3 => size,
-        5 => size - 2,                 // padding 1
+        5 => size - 2,                   // padding 1
         7 => (size + 2 * 3 - 7) / 2 + 1, // stride 2, padding 3
         k => panic!("filter size {k} is refused by config validation"),
     }

@@ -50,10 +50,13 @@ pub fn save(dir: &Path, model: &Net, optim: &ModuleOptimizer, state: &TrainState
 pub fn load_state(dir: &Path) -> Result<TrainState> {
     let path = dir.join(STATE_FILE);
     let text = fs::read_to_string(&path).with_context(|| {
-        format!("{} is not a pnn checkpoint folder: {STATE_FILE} is missing (use results/<run>/checkpoint-last)", dir.display())
+        format!(
+            "{} is not a pnn checkpoint folder: {STATE_FILE} is missing (use results/<run>/checkpoint-last)",
+            dir.display()
+        )
     })?;
-    let state: TrainState =
-        serde_json::from_str(&text).with_context(|| format!("{} is damaged or not a pnn checkpoint state", path.display()))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .with_context(|| format!("{} is damaged or not a pnn checkpoint state", path.display()))?;
     if state.format_version != FORMAT_VERSION {
         bail!(
             "{} has checkpoint format {} but this pnn reads format {FORMAT_VERSION} (written by pnn {})",
@@ -68,7 +71,10 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
 /// Loads the model and optimizer of a checkpoint into freshly built ones of the same shape.
 pub fn load_into(dir: &Path, model: Net, optim: ModuleOptimizer) -> Result<(Net, ModuleOptimizer)> {
     let model = model.try_load_file(dir.join(MODEL_FILE)).map_err(|e| {
-        anyhow::anyhow!("the model in {} does not fit this configuration ({e}): resume with the flags the run was started with", dir.display())
+        anyhow::anyhow!(
+            "the model in {} does not fit this configuration ({e}): resume with the flags the run was started with",
+            dir.display()
+        )
     })?;
     let optim = optim
         .load(dir.join(OPTIMIZER_FILE))

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -17,8 +20,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let result = (|| -> Result<()> {
         let mut file = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.sync_all().with_context(|| format!("cannot flush {}", tmp.display()))?;
+        file.write_all(bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot flush {}", tmp.display()))?;
         fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
     })();
     if result.is_err() {
@@ -33,7 +38,9 @@ pub fn replace_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) ->
     let tmp = temp_path(dir);
     let old = dir.with_file_name(format!(
         ".{}.old-{}",
-        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let _ = fs::remove_dir_all(&tmp);

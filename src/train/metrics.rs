@@ -28,12 +28,20 @@ impl EpochTotals {
 
     /// Mean loss per sample.
     pub fn loss(&self) -> f64 {
-        if self.total == 0 { f64::NAN } else { self.loss_sum / self.total as f64 }
+        if self.total == 0 {
+            f64::NAN
+        } else {
+            self.loss_sum / self.total as f64
+        }
     }
 
     /// Accuracy in percent: correct / total.
     pub fn accuracy(&self) -> f64 {
-        if self.total == 0 { f64::NAN } else { 100.0 * self.correct as f64 / self.total as f64 }
+        if self.total == 0 {
+            f64::NAN
+        } else {
+            100.0 * self.correct as f64 / self.total as f64
+        }
     }
 }
 

@@ -18,8 +18,12 @@ pub fn build(config: &Config) -> ModuleOptimizer {
     match config.optim_method {
         OptimMethod::Sgd => {
             // The reference uses nesterov=True, which PyTorch allows only with dampening 0.
-            let momentum = (config.momentum != 0.0)
-                .then(|| MomentumConfig::new().with_momentum(config.momentum).with_dampening(0.0).with_nesterov(true));
+            let momentum = (config.momentum != 0.0).then(|| {
+                MomentumConfig::new()
+                    .with_momentum(config.momentum)
+                    .with_dampening(0.0)
+                    .with_nesterov(true)
+            });
             SgdConfig::new().with_momentum(momentum).with_weight_decay(decay).init()
         }
         OptimMethod::Adam => AdamConfig::new()

@@ -49,7 +49,10 @@ impl RunDir {
     }
 
     pub fn write_run_info(&self, info: &RunInfo) -> Result<()> {
-        write_atomic(&self.logs.join("config.json"), serde_json::to_string_pretty(info)?.as_bytes())
+        write_atomic(
+            &self.logs.join("config.json"),
+            serde_json::to_string_pretty(info)?.as_bytes(),
+        )
     }
 
     pub fn write_metrics(&self, history: &[EpochRecord]) -> Result<()> {

@@ -19,6 +19,7 @@ use super::run_dir::{RunDir, RunInfo};
 use super::{optim, schedule};
 use crate::config::Config;
 use crate::data::{self, Loader, Order};
+use crate::device::Backend;
 use crate::models::{self, Net, ParamCount};
 
 /// Where a run writes and what it resumes from.
@@ -26,6 +27,7 @@ pub struct RunOptions {
     pub save: Option<PathBuf>,
     pub logs: Option<PathBuf>,
     pub resume: Option<PathBuf>,
+    pub backend: Backend,
     /// Print the per-epoch lines (tests turn it off).
     pub verbose: bool,
 }
@@ -41,23 +43,24 @@ pub struct RunSummary {
 impl RunSummary {
     /// Best correct test accuracy and its 1-based epoch.
     pub fn best(&self) -> Option<(f64, usize)> {
-        self.history.iter().map(|r| (r.test_acc, r.epoch)).fold(None, |best, (acc, ep)| match best {
-            Some((b, _)) if b >= acc => best,
-            _ => Some((acc, ep)),
-        })
+        self.history
+            .iter()
+            .map(|r| (r.test_acc, r.epoch))
+            .fold(None, |best, (acc, ep)| match best {
+                Some((b, _)) if b >= acc => best,
+                _ => Some((acc, ep)),
+            })
     }
 
     pub fn best_reported(&self) -> Option<(f64, usize)> {
-        self.history.iter().map(|r| (r.test_acc_reported, r.epoch)).fold(None, |best, (acc, ep)| match best {
-            Some((b, _)) if b >= acc => best,
-            _ => Some((acc, ep)),
-        })
+        self.history
+            .iter()
+            .map(|r| (r.test_acc_reported, r.epoch))
+            .fold(None, |best, (acc, ep)| match best {
+                Some((b, _)) if b >= acc => best,
+                _ => Some((acc, ep)),
+            })
     }
-}
-
-/// The CPU backend and its name, as recorded in every run.
-pub fn default_device() -> (Device, &'static str) {
-    (Device::flex(), "flex (CPU)")
 }
 
 macro_rules! say {
@@ -65,8 +68,8 @@ macro_rules! say {
 }
 
 pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
-    let (device, backend) = default_device();
-    let device = device.autodiff();
+    let backend = opts.backend.name.as_str();
+    let device = opts.backend.device.clone().autodiff();
     // The seed decides the weights and the noise masks; each epoch reseeds from (seed, epoch).
     device.seed(config.manual_seed);
 
@@ -129,17 +132,32 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         Arc::new(data.train),
         data.normalization.clone(),
         config.batch_size,
-        Order::Shuffled { seed: config.manual_seed },
+        Order::Shuffled {
+            seed: config.manual_seed,
+        },
     );
-    let test_loader = Loader::new(Arc::new(data.test), data.normalization, config.batch_size, Order::Sequential);
+    let test_loader = Loader::new(
+        Arc::new(data.test),
+        data.normalization,
+        config.batch_size,
+        Order::Sequential,
+    );
     let loss_fn = CrossEntropyLoss::new(None, &device);
 
     for epoch in state.epochs_done + 1..=config.nepochs {
         let lr = schedule::learning_rate(config.learning_rate, config.dataset_train, epoch);
         device.seed(data::loader::epoch_seed(config.manual_seed, epoch));
         let start = Instant::now();
-        let (trained, train_totals) =
-            train_epoch(config, model, &mut optimizer, &train_loader, &loss_fn, &device, epoch, lr)?;
+        let (trained, train_totals) = train_epoch(
+            config,
+            model,
+            &mut optimizer,
+            &train_loader,
+            &loss_fn,
+            &device,
+            epoch,
+            lr,
+        )?;
         model = trained;
         let train_seconds = start.elapsed().as_secs_f64();
         let test_totals = test_epoch(&model, &test_loader, &mut state.reported);
@@ -179,7 +197,11 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         }
     }
 
-    let summary = RunSummary { run_dir: run.root.clone(), history: state.history, params };
+    let summary = RunSummary {
+        run_dir: run.root.clone(),
+        history: state.history,
+        params,
+    };
     if opts.verbose {
         print_summary(&summary);
     }
@@ -222,7 +244,11 @@ fn train_epoch(
         model = optimizer.step(lr, model, grads);
         totals.add_batch(loss_value, correct, batch.len());
         progress.inc(1);
-        progress.set_message(format!("loss {:.4}, {:.0} img/s", totals.loss(), totals.total as f64 / progress.elapsed().as_secs_f64()));
+        progress.set_message(format!(
+            "loss {:.4}, {:.0} img/s",
+            totals.loss(),
+            totals.total as f64 / progress.elapsed().as_secs_f64()
+        ));
     }
     progress.finish_and_clear();
     Ok((model, totals))
@@ -232,7 +258,7 @@ fn train_epoch(
 /// value folded batch by batch into `reported`.
 pub fn test_epoch(model: &Net, loader: &Loader, reported: &mut ReportedAccuracy) -> EpochTotals {
     let model = model.valid();
-    let device = default_device().0;
+    let device = loader_device(&model);
     let loss_fn = CrossEntropyLoss::new(None, &device);
     let mut totals = EpochTotals::default();
     for batch in loader.epoch(0) {
@@ -244,6 +270,16 @@ pub fn test_epoch(model: &Net, loader: &Loader, reported: &mut ReportedAccuracy)
         reported.update(correct, batch.len(), loader.batch_size());
     }
     totals
+}
+
+/// The (non-autodiff) device a model in evaluation mode lives on.
+fn loader_device(model: &Net) -> Device {
+    model
+        .devices()
+        .into_iter()
+        .next()
+        .unwrap_or_else(Device::flex)
+        .without_autodiff()
 }
 
 pub fn count_correct(output: Tensor<2>, labels: Tensor<1, Int>) -> usize {

@@ -1,0 +1,189 @@
+//! `pnn train` and `pnn info` end to end, as a user runs them.
+
+use std::path::Path;
+use std::process::Command;
+
+use pnn::data::idx::encode_idx;
+
+fn pnn() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pnn"))
+}
+
+/// A tiny MNIST-layout set: class k has a bright square at a position that depends on k, so a
+/// model can learn it in one epoch.
+fn write_tiny_mnist(dir: &Path, n_train: usize, n_test: usize) {
+    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
+        let mut images = vec![0u8; n * 28 * 28];
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        for (i, &label) in labels.iter().enumerate() {
+            let (r0, c0) = (2 + 2 * label as usize, 4 + (label as usize % 3) * 6);
+            for r in r0..r0 + 4 {
+                for c in c0..c0 + 4 {
+                    images[i * 784 + r * 28 + c] = 255;
+                }
+            }
+        }
+        std::fs::write(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            encode_idx(&[n, 28, 28], &images),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            encode_idx(&[n], &labels),
+        )
+        .unwrap();
+    }
+}
+
+fn train_args<'a>(data: &'a str, save: &'a str, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--net-type",
+        "lenet",
+        "--dataset-train",
+        "MNIST",
+        "--dataset-test",
+        "MNIST",
+        "--dataroot",
+        data,
+        "--save",
+        save,
+        "--nfilters",
+        "8",
+        "--batch-size",
+        "16",
+        "--nepochs",
+        epochs,
+        "--learning-rate",
+        "0.05",
+        "--use_act",
+    ]
+}
+
+#[test]
+fn train_one_epoch_end_to_end_writes_metrics_checkpoints_and_both_accuracies() {
+    let data = tempfile::tempdir().unwrap();
+    write_tiny_mnist(data.path(), 200, 50);
+    let runs = tempfile::tempdir().unwrap();
+    let save = runs.path().join("run");
+    let (d, s) = (data.path().to_str().unwrap(), save.to_str().unwrap());
+    let out = pnn().args(train_args(d, s, "1")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Model size:"), "{stdout}");
+    assert!(stdout.contains("original code would report"), "{stdout}");
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with("Best Accuracy: ") && last.ends_with("(epoch 1)"),
+        "last line: {last}"
+    );
+
+    let jsonl = std::fs::read_to_string(save.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    for key in [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "test_acc_reported",
+    ] {
+        assert!(lines[0][key].is_number(), "metrics.jsonl has {key}");
+    }
+    let acc = lines[0]["test_acc"].as_f64().unwrap();
+    // 50 test images: the correct accuracy is a multiple of 2 %, and it is what Best Accuracy says.
+    assert!(
+        (acc / 2.0 - (acc / 2.0).round()).abs() < 1e-9,
+        "correct accuracy {acc} is correct/total"
+    );
+    assert!(last.contains(&format!("{acc:.2}")));
+    let csv = std::fs::read_to_string(save.join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("epoch,learning_rate,train_loss,train_acc,test_loss,test_acc,test_acc_reported"));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(save.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["config"]["nfilters"], 8);
+    for dir in ["checkpoint-last", "checkpoint-best"] {
+        for file in ["model.bpk", "optimizer.bpk", "state.json"] {
+            assert!(save.join(dir).join(file).is_file(), "{dir}/{file}");
+        }
+    }
+
+    // Resume: a second epoch continues the history in the same folder.
+    let resume = save.join("checkpoint-last");
+    let mut args = train_args(d, s, "2");
+    args.extend(["--resume", resume.to_str().unwrap()]);
+    let out = pnn().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Epoch 2/2") && !stdout.contains("Epoch 1/2"),
+        "{stdout}"
+    );
+    let jsonl = std::fs::read_to_string(save.join("metrics.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 2);
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let empty = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let save = runs.path().join("run");
+    let out = pnn()
+        .args(train_args(empty.path().to_str().unwrap(), save.to_str().unwrap(), "1"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("train-images-idx3-ubyte") && stderr.contains("--dataroot"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = pnn()
+        .args([
+            "info",
+            "--net-type",
+            "lenet",
+            "--dataset-train",
+            "MNIST",
+            "--dataset-test",
+            "MNIST",
+            "--nmasks",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nmasks"));
+}
+
+#[test]
+fn info_prints_the_reference_model_size_line() {
+    let out = pnn()
+        .args([
+            "info",
+            "--net-type",
+            "lenet",
+            "--dataset-train",
+            "MNIST",
+            "--dataset-test",
+            "MNIST",
+            "--nfilters",
+            "128",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Model size: 0.30M regular parameters, 0.03M noise mask values (297866 regular parameters, 32144 noise mask values)"),
+        "{stdout}"
+    );
+}

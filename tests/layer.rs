@@ -1,0 +1,300 @@
+//! The perturbation layer and its parts: gradients against finite differences, the grouped 1x1
+//! convolution, fixed versus trainable masks, BatchNorm's PyTorch semantics.
+
+use burn::module::{Module, Param};
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use pnn::config::{Act, NoiseType};
+use pnn::layer::{BatchNorm, PerturbLayer, PerturbSpec};
+
+fn spec(nmasks: usize, unique: bool, train_masks: bool, act: Act) -> PerturbSpec {
+    PerturbSpec {
+        in_channels: 2,
+        out_channels: 4,
+        filter_size: 0,
+        nmasks,
+        level: 0.5,
+        noise_type: NoiseType::Uniform,
+        use_act: true,
+        act,
+        unique_masks: unique,
+        train_masks,
+        mix_maps: false,
+        input_size: 4,
+        debug: false,
+    }
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// A smooth scalar function of the layer output: sum(layer(x) * r).
+fn objective(layer: &PerturbLayer, x: Tensor<4>, r: &Tensor<4>) -> Tensor<1> {
+    (layer.forward(x) * r.clone()).sum()
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
+}
+
+/// Central finite difference of the objective along coordinate `i` of a tensor that `rebuild`
+/// puts into a copy of the layer (or the input).
+fn finite_difference(eval: impl Fn(Vec<f32>) -> f64, base: &[f32], i: usize, eps: f32) -> f64 {
+    let mut plus = base.to_vec();
+    plus[i] += eps;
+    let mut minus = base.to_vec();
+    minus[i] -= eps;
+    (eval(plus) - eval(minus)) / (2.0 * eps as f64)
+}
+
+fn assert_close(analytic: f64, numeric: f64, what: &str) {
+    let tol = 2e-2 * (1.0 + analytic.abs().max(numeric.abs()));
+    assert!(
+        (analytic - numeric).abs() <= tol,
+        "{what}: analytic {analytic} vs finite difference {numeric}"
+    );
+}
+
+fn check_gradients(train_masks: bool, nmasks: usize, unique: bool) {
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    let layer = spec(nmasks, unique, train_masks, Act::Tanh).init(&device);
+    let x_shape = [3, 2, 4, 4];
+    let x_values = to_vec(Tensor::<4>::random(x_shape, Distribution::Normal(0.0, 1.0), &device));
+    let r = Tensor::<4>::random([3, 4, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+
+    let x = tensor(x_values.clone(), x_shape, &device).require_grad();
+    let grads = objective(&layer, x.clone(), &r).backward();
+    let gx = to_vec(x.grad(&grads).expect("input gradient"));
+    let gw = to_vec(layer.conv.weight.val().grad(&grads).expect("weight gradient"));
+    let gb = to_vec(
+        layer
+            .conv
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .grad(&grads)
+            .expect("bias gradient"),
+    );
+    let noise = layer.noise.as_ref().unwrap().val();
+    let g_noise = noise.grad(&grads);
+    assert_eq!(
+        g_noise.is_some(),
+        train_masks,
+        "noise gets a gradient exactly when masks are trained"
+    );
+
+    // Input.
+    let eval_x = |v: Vec<f32>| scalar(objective(&layer, tensor(v, x_shape, &device), &r));
+    for i in [0, 5, 17, 40, 95] {
+        assert_close(
+            gx[i] as f64,
+            finite_difference(eval_x, &x_values, i, 1e-2),
+            &format!("d/dx[{i}]"),
+        );
+    }
+    // 1x1 convolution weight and bias.
+    let w_shape: [usize; 4] = layer.conv.weight.val().dims();
+    let w_values = to_vec(layer.conv.weight.val());
+    let eval_w = |v: Vec<f32>| {
+        let mut l = layer.clone();
+        l.conv.weight = Param::from_tensor(tensor(v, w_shape, &device));
+        scalar(objective(&l, tensor(x_values.clone(), x_shape, &device), &r))
+    };
+    for i in [0, 3, w_values.len() - 1] {
+        assert_close(
+            gw[i] as f64,
+            finite_difference(eval_w, &w_values, i, 1e-2),
+            &format!("d/dw[{i}]"),
+        );
+    }
+    let b_values = to_vec(layer.conv.bias.as_ref().unwrap().val());
+    let eval_b = |v: Vec<f32>| {
+        let mut l = layer.clone();
+        l.conv.bias = Some(Param::from_tensor(tensor(v, [4], &device)));
+        scalar(objective(&l, tensor(x_values.clone(), x_shape, &device), &r))
+    };
+    for i in 0..4 {
+        // BatchNorm removes a per-channel constant: the true gradient is 0, numerically too.
+        assert_close(
+            gb[i] as f64,
+            finite_difference(eval_b, &b_values, i, 1e-2),
+            &format!("d/db[{i}]"),
+        );
+    }
+    // Noise masks, when trained.
+    if let Some(g_noise) = g_noise {
+        let n_shape: [usize; 5] = noise.dims();
+        let n_values = to_vec(noise.clone());
+        let g_noise = to_vec(g_noise);
+        let eval_n = |v: Vec<f32>| {
+            let mut l = layer.clone();
+            l.noise = Some(Param::from_tensor(tensor(v, n_shape, &device)));
+            scalar(objective(&l, tensor(x_values.clone(), x_shape, &device), &r))
+        };
+        for i in [0, 7, n_values.len() - 1] {
+            assert_close(
+                g_noise[i] as f64,
+                finite_difference(eval_n, &n_values, i, 1e-2),
+                &format!("d/dnoise[{i}]"),
+            );
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences_with_fixed_masks() {
+    check_gradients(false, 1, true);
+    check_gradients(false, 3, true);
+}
+
+#[test]
+fn gradients_match_finite_differences_with_trained_masks() {
+    check_gradients(true, 1, true);
+    check_gradients(true, 3, false);
+}
+
+fn sgd_step(layer: PerturbLayer, device: &Device) -> PerturbLayer {
+    let x = Tensor::<4>::random([4, 2, 4, 4], Distribution::Normal(0.0, 1.0), device);
+    let loss = layer.forward(x).powi_scalar(2).sum();
+    let grads = GradientsParams::from_grads(loss.backward(), &layer);
+    SgdConfig::new().init().step(0.1, layer, grads)
+}
+
+#[test]
+fn fixed_masks_stay_fixed_and_trained_masks_move_after_a_step() {
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    for train_masks in [false, true] {
+        let layer = spec(2, true, train_masks, Act::Relu).init(&device);
+        let noise_before = to_vec(layer.noise.as_ref().unwrap().val());
+        let weight_before = to_vec(layer.conv.weight.val());
+        let layer = sgd_step(layer, &device);
+        let noise_after = to_vec(layer.noise.as_ref().unwrap().val());
+        assert_ne!(weight_before, to_vec(layer.conv.weight.val()), "weights are trained");
+        if train_masks {
+            assert_ne!(noise_before, noise_after, "--train_masks: masks change");
+        } else {
+            assert_eq!(noise_before, noise_after, "fixed masks never change");
+        }
+    }
+}
+
+/// The layer in evaluation mode (fresh BatchNorm: mean 0, variance 1), computed by hand:
+/// y[n, o] = act(sum_m W[o, m] * act(x[n, g] + level * noise[g or 0, m]) + b[o]) / sqrt(1 + eps))
+/// with g the input channel whose group output o belongs to.
+#[test]
+fn grouped_one_by_one_convolution_combines_each_channels_own_masks() {
+    let device = Device::flex();
+    device.seed(11);
+    for (nmasks, unique) in [(3, true), (3, false), (1, true)] {
+        let layer = spec(nmasks, unique, false, Act::Relu).init(&device);
+        let (n, c, hw, out) = (2, 2, 16, 4);
+        let x = Tensor::<4>::random([n, c, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        let got = to_vec(layer.forward(x.clone()));
+        let xv = to_vec(x);
+        let noise = to_vec(layer.noise.as_ref().unwrap().val());
+        let w = to_vec(layer.conv.weight.val()); // [out, c*nmasks/groups, 1, 1]
+        let b = to_vec(layer.conv.bias.as_ref().unwrap().val());
+        let groups = if nmasks > 1 { c } else { 1 };
+        let in_per_group = c * nmasks / groups;
+        let out_per_group = out / groups;
+        let scale = 1.0 / (1.0f32 + 1e-5).sqrt();
+        for img in 0..n {
+            for o in 0..out {
+                let g = o / out_per_group;
+                for p in 0..hw {
+                    let mut acc = b[o];
+                    for k in 0..in_per_group {
+                        let flat = g * in_per_group + k; // index into the C*nmasks maps
+                        let (ch, m) = (flat / nmasks, flat % nmasks);
+                        let noise_ch = if unique { ch } else { 0 };
+                        let v = xv[(img * c + ch) * hw + p] + 0.5 * noise[(noise_ch * nmasks + m) * hw + p];
+                        acc += w[o * in_per_group + k] * v.max(0.0);
+                    }
+                    let expected = (acc * scale).max(0.0);
+                    let actual = got[(img * out + o) * hw + p];
+                    assert!(
+                        (expected - actual).abs() < 1e-4,
+                        "nmasks {nmasks}: out {o} pixel {p}: {expected} vs {actual}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn noise_shape_follows_unique_masks_and_input_size() {
+    let device = Device::flex();
+    let unique = spec(5, true, false, Act::Relu).init(&device);
+    assert_eq!(unique.noise.as_ref().unwrap().val().dims(), [1, 2, 5, 4, 4]);
+    let shared = spec(5, false, false, Act::Relu).init(&device);
+    assert_eq!(shared.noise.as_ref().unwrap().val().dims(), [1, 1, 5, 4, 4]);
+    assert_eq!(
+        shared.conv.groups, 2,
+        "nmasks > 1 groups the 1x1 convolution by input channel"
+    );
+    assert_eq!(spec(1, true, false, Act::Relu).init(&device).conv.groups, 1);
+    let uniform = to_vec(unique.noise.as_ref().unwrap().val());
+    assert!(
+        uniform.iter().all(|v| (-1.0..=1.0).contains(v)),
+        "uniform masks lie in [-1, 1]"
+    );
+}
+
+#[test]
+fn batchnorm_tracks_the_unbiased_variance_like_pytorch() {
+    let device = Device::flex().autodiff();
+    let bn = BatchNorm::new(1, &device);
+    // One channel, values 1, 2, 3, 4: mean 2.5, biased variance 1.25, unbiased 5/3.
+    let x = tensor(vec![1.0, 2.0, 3.0, 4.0], [2, 1, 2, 1], &device);
+    let y = to_vec(bn.forward(x.clone()));
+    let expected: Vec<f32> = [1.0f32, 2.0, 3.0, 4.0]
+        .iter()
+        .map(|v| (v - 2.5) / (1.25f32 + 1e-5).sqrt())
+        .collect();
+    for (a, b) in y.iter().zip(&expected) {
+        assert!((a - b).abs() < 1e-5, "training mode normalises with batch statistics");
+    }
+    let mean = to_vec(bn.running_mean.value_sync())[0];
+    let var = to_vec(bn.running_var.value_sync())[0];
+    assert!(
+        (mean - 0.25).abs() < 1e-6,
+        "running mean 0.9 * 0 + 0.1 * 2.5, got {mean}"
+    );
+    assert!(
+        (var - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-6,
+        "running var uses the unbiased variance, got {var}"
+    );
+    // Evaluation uses the running statistics.
+    let eval = BatchNorm::valid(&bn);
+    let y = to_vec(eval.forward(tensor(vec![1.0, 2.0, 3.0, 4.0], [2, 1, 2, 1], &Device::flex())));
+    let expected = (1.0 - mean) / (var + 1e-5).sqrt();
+    assert!(
+        (y[0] - expected).abs() < 1e-5,
+        "evaluation mode: {} vs {expected}",
+        y[0]
+    );
+}
+
+#[test]
+fn convolution_layers_follow_the_reference_geometry() {
+    let device = Device::flex();
+    let mut s = spec(1, true, false, Act::Relu);
+    for (k, out_side, bias) in [(1, 8, true), (3, 8, false), (5, 6, false), (7, 4, false)] {
+        s.filter_size = k;
+        s.input_size = 8;
+        let layer = s.init(&device);
+        assert!(layer.noise.is_none());
+        assert_eq!(layer.conv.bias.is_some(), bias, "bias of the {k}x{k} layer");
+        let y = layer.forward(Tensor::zeros([1, 2, 8, 8], &device));
+        assert_eq!(y.dims(), [1, 4, out_side, out_side], "output of the {k}x{k} layer");
+    }
+}
