@@ -3,10 +3,12 @@
 pub mod activation;
 pub mod batchnorm;
 pub mod conv;
+pub mod norm_conv;
 pub mod perturb;
 pub mod pool;
 
 pub use activation::Activation;
 pub use batchnorm::BatchNorm;
+pub use norm_conv::{ConvBn, global_average_pool};
 pub use perturb::{PerturbLayer, PerturbSpec};
 pub use pool::Pool;

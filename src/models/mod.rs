@@ -1,6 +1,10 @@
 //! The networks. `build` turns a configuration into a model; `Net` dispatches to it.
 
+pub mod cifarnet;
 pub mod lenet;
+pub mod noise_resnet;
+pub mod perturb_resnet;
+pub mod resnet;
 pub mod summary;
 
 use anyhow::{Result, bail};
@@ -10,7 +14,11 @@ use burn::tensor::{Device, Tensor};
 use crate::config::{Config, NetType};
 use crate::layer::PerturbSpec;
 
+pub use cifarnet::CifarNet;
 pub use lenet::LeNet;
+pub use noise_resnet::NoiseResNet18;
+pub use perturb_resnet::PerturbResNet18;
+pub use resnet::ResNet18;
 pub use summary::ParamCount;
 
 /// Input and output geometry a model is built for.
@@ -34,12 +42,20 @@ impl Geometry {
 #[derive(Module, Debug)]
 pub enum Net {
     Lenet(LeNet),
+    Cifarnet(CifarNet),
+    Resnet18(ResNet18),
+    Noiseresnet18(NoiseResNet18),
+    PerturbResnet18(PerturbResNet18),
 }
 
 impl Net {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         match self {
             Net::Lenet(m) => m.forward(x),
+            Net::Cifarnet(m) => m.forward(x),
+            Net::Resnet18(m) => m.forward(x),
+            Net::Noiseresnet18(m) => m.forward(x),
+            Net::PerturbResnet18(m) => m.forward(x),
         }
     }
 }
@@ -47,12 +63,48 @@ impl Net {
 /// Builds the model a configuration describes, with the reference's initialisation.
 pub fn build(config: &Config, device: &Device) -> Result<Net> {
     let geometry = Geometry::of(config);
+    check_resnet_geometry(config, geometry)?;
     Ok(match config.net_type {
         NetType::Lenet => Net::Lenet(LeNet::new(config, geometry, device)),
-        other => bail!(
-            "--net-type {other:?} is not built yet in this version of pnn: only lenet is (the other models are the next milestone)"
-        ),
+        NetType::Cifarnet => Net::Cifarnet(CifarNet::new(config, geometry, device)),
+        NetType::Resnet18 => Net::Resnet18(ResNet18::new(config, geometry, device)),
+        NetType::Noiseresnet18 => Net::Noiseresnet18(NoiseResNet18::new(config, geometry, device)),
+        NetType::PerturbResnet18 => Net::PerturbResnet18(PerturbResNet18::new(config, geometry, device)),
     })
+}
+
+/// The pooled ResNets halve their maps by pooling (rounding down) while the shortcut's strided
+/// convolution rounds up: an odd map size entering a stride-2 stage makes the two branches
+/// disagree. The reference crashes there (e.g. perturb_resnet18 on 28x28 MNIST); we refuse early.
+fn check_resnet_geometry(config: &Config, geometry: Geometry) -> Result<()> {
+    if !matches!(config.net_type, NetType::PerturbResnet18 | NetType::Noiseresnet18) {
+        return Ok(());
+    }
+    let mut size = match (config.net_type, config.first_filter_size) {
+        (_, 7) => pool_output_size(layer_output_size(geometry.input_size, 7), 3, 2, 1),
+        (NetType::PerturbResnet18, k) => layer_output_size(geometry.input_size, k),
+        _ => geometry.input_size,
+    };
+    for (stage, (_, stride)) in resnet::STAGES.iter().enumerate() {
+        if *stride == 2 && size % 2 == 1 {
+            bail!(
+                "{:?} on {}x{} images: stage {} receives {size}x{size} maps, where the block's pooling and its                  shortcut's strided convolution give different sizes (the reference crashes here too).                  Use 32x32 images (CIFAR), or lenet / cifarnet / resnet18 for this data set",
+                config.net_type,
+                geometry.input_size,
+                geometry.input_size,
+                stage + 1
+            );
+        }
+        size = layer_output_size(size, config.filter_size) / stride;
+        if size == 0 {
+            bail!(
+                "{:?}: the feature maps shrink to nothing before stage {}",
+                config.net_type,
+                stage + 1
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The first layer: `first_filter_size`, noise `level * scale_noise`, `use_act` as given.

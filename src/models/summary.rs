@@ -48,8 +48,9 @@ impl ModuleVisitor for Counter {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let n = param.shape().num_elements();
         match self.path.last().map(String::as_str) {
-            // BatchNorm running statistics are buffers in PyTorch, not parameters.
-            Some("running_mean" | "running_var") => {}
+            // Buffers in PyTorch, not parameters: BatchNorm running statistics, and the fixed
+            // noise of the original authors' NoiseLayer.
+            Some("running_mean" | "running_var" | "noise_buffer") => {}
             Some("noise") => self.count.noise += n,
             _ => self.count.regular += n,
         }

@@ -1,0 +1,97 @@
+//! `perturb_resnet18`: the reproduction's ResNet-18 built from perturbation layers. Each block is
+//! PerturbLayer -> pool(stride) -> PerturbLayer plus the shortcut; `--filter_size 1` turns it
+//! into the "no noise" 1x1-convolution baseline of the reproduction's table.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use super::resnet::{BLOCKS_PER_STAGE, STAGES};
+use super::{Geometry, first_layer_spec, inner_layer_spec, layer_output_size, pool_output_size};
+use crate::config::{Config, PoolType};
+use crate::layer::conv::linear;
+use crate::layer::{ConvBn, PerturbLayer, Pool, global_average_pool};
+
+#[derive(Module, Debug)]
+pub struct PerturbBasicBlock {
+    pub layer1: PerturbLayer,
+    /// pool(stride, stride) by --pool_type; absent for stride 1, where it is the identity.
+    pub pool: Option<Pool>,
+    pub layer2: PerturbLayer,
+    pub shortcut: Option<ConvBn>,
+}
+
+impl PerturbBasicBlock {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = self.layer1.forward(x.clone());
+        if let Some(pool) = &self.pool {
+            y = pool.forward(y);
+        }
+        let y = self.layer2.forward(y);
+        let residual = match &self.shortcut {
+            Some(s) => s.forward(x),
+            None => x,
+        };
+        relu(y + residual)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct PerturbResNet18 {
+    pub first: PerturbLayer,
+    /// MaxPool(3, 2, 1) after a 7x7 first layer.
+    pub first_pool: Option<Pool>,
+    pub blocks: Vec<PerturbBasicBlock>,
+    pub linear: Linear,
+}
+
+impl PerturbResNet18 {
+    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Self {
+        let nf = config.nfilters;
+        let mut size = geometry.input_size;
+        let first = first_layer_spec(config, geometry.channels, size).init(device);
+        size = layer_output_size(size, config.first_filter_size);
+        let first_pool = (config.first_filter_size == 7).then(|| {
+            size = pool_output_size(size, 3, 2, 1);
+            Pool::new(PoolType::Max, 3, 2, 1)
+        });
+        let mut blocks = Vec::new();
+        let mut in_planes = nf;
+        for (mult, stage_stride) in STAGES {
+            let planes = nf * mult;
+            for b in 0..BLOCKS_PER_STAGE {
+                let stride = if b == 0 { stage_stride } else { 1 };
+                let layer1 = inner_layer_spec(config, in_planes, planes, size).init(device);
+                let after1 = layer_output_size(size, config.filter_size) / stride;
+                let layer2 = inner_layer_spec(config, planes, planes, after1).init(device);
+                blocks.push(PerturbBasicBlock {
+                    layer1,
+                    pool: (stride > 1).then(|| Pool::new(config.pool_type, stride, stride, 0)),
+                    layer2,
+                    shortcut: (stride != 1 || in_planes != planes)
+                        .then(|| ConvBn::shortcut(in_planes, planes, stride, device)),
+                });
+                in_planes = planes;
+                size = layer_output_size(after1, config.filter_size);
+            }
+        }
+        Self {
+            first,
+            first_pool,
+            blocks,
+            linear: linear(8 * nf, geometry.num_classes, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = self.first.forward(x);
+        if let Some(pool) = &self.first_pool {
+            x = pool.forward(x);
+        }
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        self.linear.forward(global_average_pool(x))
+    }
+}

@@ -1,0 +1,84 @@
+//! `resnet18`: the standard CIFAR ResNet-18 (the reproduction's baseline, from kuangliu's
+//! pytorch-cifar): 3x3 stem, four stages of two BasicBlocks, global average pool, linear.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use super::Geometry;
+use crate::config::Config;
+use crate::layer::conv::{ConvSpec, linear};
+use crate::layer::{ConvBn, global_average_pool};
+
+/// Channel multipliers and strides of the four stages.
+pub const STAGES: [(usize, usize); 4] = [(1, 1), (2, 2), (4, 2), (8, 2)];
+pub const BLOCKS_PER_STAGE: usize = 2;
+
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    pub conv1: ConvBn,
+    pub conv2: ConvBn,
+    pub shortcut: Option<ConvBn>,
+}
+
+impl BasicBlock {
+    pub fn new(in_planes: usize, planes: usize, stride: usize, device: &Device) -> Self {
+        let conv3 = |i, o, s| ConvBn::new(ConvSpec::new(i, o, 3).stride(s).padding(1).bias(false), device);
+        Self {
+            conv1: conv3(in_planes, planes, stride),
+            conv2: conv3(planes, planes, 1),
+            shortcut: (stride != 1 || in_planes != planes).then(|| ConvBn::shortcut(in_planes, planes, stride, device)),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = relu(self.conv1.forward(x.clone()));
+        let y = self.conv2.forward(y);
+        let residual = match &self.shortcut {
+            Some(s) => s.forward(x),
+            None => x,
+        };
+        relu(y + residual)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ResNet18 {
+    pub stem: ConvBn,
+    pub blocks: Vec<BasicBlock>,
+    pub linear: Linear,
+}
+
+impl ResNet18 {
+    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Self {
+        let nf = config.nfilters;
+        let stem = ConvBn::new(ConvSpec::new(geometry.channels, nf, 3).padding(1).bias(false), device);
+        let mut blocks = Vec::new();
+        let mut in_planes = nf;
+        for (mult, stride) in STAGES {
+            for b in 0..BLOCKS_PER_STAGE {
+                blocks.push(BasicBlock::new(
+                    in_planes,
+                    nf * mult,
+                    if b == 0 { stride } else { 1 },
+                    device,
+                ));
+                in_planes = nf * mult;
+            }
+        }
+        Self {
+            stem,
+            blocks,
+            linear: linear(8 * nf, geometry.num_classes, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = relu(self.stem.forward(x));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        self.linear.forward(global_average_pool(x))
+    }
+}

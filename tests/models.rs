@@ -1,0 +1,213 @@
+//! The five models: parameter counts against the PyTorch reference, shapes, a training step,
+//! train versus eval behaviour, and checkpointing of the original model's fixed noise.
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use clap::Parser;
+use pnn::config::{Config, TrainArgs};
+use pnn::models::{self, Net, ParamCount};
+use pnn::train::optim;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+fn cifar(flags: &str) -> Config {
+    let argv = ["pnn", "--dataset-train", "CIFAR10", "--dataset-test", "CIFAR10"]
+        .into_iter()
+        .chain(flags.split_whitespace());
+    Cli::try_parse_from(argv)
+        .expect("flags parse")
+        .args
+        .to_config()
+        .expect("valid configuration")
+}
+
+fn count(flags: &str) -> (usize, usize) {
+    let model = models::build(&cifar(flags), &Device::flex()).expect("model builds");
+    let c = ParamCount::of(&model);
+    (c.regular, c.noise)
+}
+
+/// The reproduction's experiment table. The first, fifth and ninth counts were printed by the
+/// PyTorch reference; the others follow from its models.py layer by layer (worked out by hand
+/// independently of this code: e.g. the nmasks-64 unique/mix_maps model has per 1x1 layer
+/// out*64 + out weights and bias, 2*out BatchNorm and out*out + 3*out for the mixing layer).
+#[test]
+fn experiment_table_parameter_counts_match_the_reference() {
+    let table = [
+        ("--net-type resnet18 --nfilters 44", (5_284_982, 0)),
+        (
+            "--net-type noiseresnet18 --nfilters 128 --first_filter_size 7",
+            (5_640_074, 0),
+        ),
+        (
+            "--net-type noiseresnet18 --nfilters 128 --first_filter_size 3",
+            (5_624_714, 0),
+        ),
+        (
+            "--net-type perturb_resnet18 --nfilters 128 --first_filter_size 3 --filter_size 1",
+            (5_611_146, 0),
+        ),
+        (
+            "--net-type perturb_resnet18 --nfilters 128 --first_filter_size 0 --filter_size 0 --nmasks 1",
+            (5_608_202, 1_100_800),
+        ),
+        (
+            "--net-type perturb_resnet18 --nfilters 128 --first_filter_size 3 --filter_size 0 --nmasks 64 --unique_masks --mix_maps",
+            (6_813_834, 70_254_592),
+        ),
+        (
+            "--net-type perturb_resnet18 --nfilters 128 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks",
+            (1_220_234, 412_672),
+        ),
+        (
+            "--net-type perturb_resnet18 --nfilters 128 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks --train_masks",
+            (1_220_234, 412_672),
+        ),
+        (
+            "--net-type cifarnet --nfilters 128 --first_filter_size 0 --filter_size 0",
+            (612_234, 216_064),
+        ),
+    ];
+    for (flags, expected) in table {
+        assert_eq!(count(flags), expected, "{flags}");
+    }
+}
+
+fn batch(device: &Device, n: usize) -> (Tensor<4>, Tensor<1, Int>) {
+    let images = Tensor::<4>::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), device);
+    let labels = Tensor::from_data(
+        TensorData::new((0..n).map(|i| (i % 10) as i64).collect::<Vec<_>>(), [n]),
+        device,
+    );
+    (images, labels)
+}
+
+/// Training-mode loss on the batch (BatchNorm on batch statistics, dropout off in these
+/// configurations): deterministic, and what the optimiser step acts on. Evaluation mode would
+/// judge the step by running statistics that a few steps have not settled yet.
+fn batch_loss(model: &Net, images: &Tensor<4>, labels: &Tensor<1, Int>) -> f32 {
+    let out = model.forward(images.clone());
+    assert_eq!(out.dims(), [images.dims()[0], 10], "logits for 10 classes");
+    burn::nn::loss::CrossEntropyLoss::new(None, &images.device())
+        .forward(out, labels.clone())
+        .into_scalar::<f32>()
+}
+
+/// Small versions of each family (few filters, so the test is quick).
+const FAMILIES: [&str; 6] = [
+    "--net-type resnet18 --nfilters 4",
+    "--net-type noiseresnet18 --nfilters 4 --first_filter_size 7",
+    "--net-type noiseresnet18 --nfilters 4 --first_filter_size 3",
+    "--net-type perturb_resnet18 --nfilters 6 --first_filter_size 0 --filter_size 0 --nmasks 2 --mix_maps",
+    "--net-type perturb_resnet18 --nfilters 4 --first_filter_size 3 --filter_size 1 --pool_type avg",
+    "--net-type cifarnet --nfilters 6 --nmasks 3 --no-unique_masks --train_masks",
+];
+
+#[test]
+fn every_family_trains_a_step_on_a_fixed_batch() {
+    let device = Device::flex().autodiff();
+    for flags in FAMILIES {
+        device.seed(21);
+        let cfg = cifar(&format!("{flags} --dropout 0"));
+        let mut model = models::build(&cfg, &device).unwrap();
+        let mut optimizer = optim::build(&cfg);
+        let (images, labels) = batch(&device, 8);
+        let loss_fn = burn::nn::loss::CrossEntropyLoss::new(None, &device);
+        let before = batch_loss(&model, &images, &labels);
+        for _ in 0..3 {
+            let out = model.forward(images.clone());
+            assert_eq!(out.dims(), [8, 10]);
+            let loss = loss_fn.forward(out, labels.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(0.05, model, grads);
+        }
+        let after = batch_loss(&model, &images, &labels);
+        assert!(after < before, "{flags}: loss {before} -> {after}");
+    }
+}
+
+#[test]
+fn batchnorm_models_use_batch_statistics_in_training_and_running_ones_in_evaluation() {
+    let device = Device::flex().autodiff();
+    for flags in FAMILIES {
+        device.seed(4);
+        let model = models::build(&cifar(&format!("{flags} --dropout 0")), &device).unwrap();
+        let (images, _) = batch(&device, 4);
+        let train = model.forward(images.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let eval = model
+            .valid()
+            .forward(images.clone().inner())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_ne!(train, eval, "{flags}: BatchNorm makes the two modes differ");
+        let again = model
+            .valid()
+            .forward(images.inner())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(eval, again, "{flags}: evaluation is deterministic");
+    }
+}
+
+#[test]
+fn original_models_fixed_noise_is_saved_and_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.bpk");
+    let cfg = cifar("--net-type noiseresnet18 --nfilters 4 --first_filter_size 3");
+    let device = Device::flex();
+    device.seed(1);
+    let a = models::build(&cfg, &device).unwrap();
+    device.seed(2);
+    let b = models::build(&cfg, &device).unwrap();
+    let noise = |m: &Net| match m {
+        Net::Noiseresnet18(m) => m.blocks[3]
+            .noise2
+            .noise_buffer
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(),
+        _ => unreachable!(),
+    };
+    assert_ne!(noise(&a), noise(&b), "different seeds draw different noise");
+    a.clone().save_file(&path).unwrap();
+    let b = b.try_load_file(&path).unwrap();
+    assert_eq!(noise(&a), noise(&b), "the checkpoint carries the noise");
+    let max = noise(&a).iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(
+        max <= 0.5 && max > 0.4,
+        "noise uniform in [-level, level] with level 0.5, max |v| = {max}"
+    );
+}
+
+#[test]
+fn configurations_the_reference_cannot_run_are_refused_clearly() {
+    let mnist = |flags: &str| {
+        let argv = ["pnn", "--dataset-train", "MNIST", "--dataset-test", "MNIST"]
+            .into_iter()
+            .chain(flags.split_whitespace());
+        let cfg = Cli::try_parse_from(argv).unwrap().args.to_config().unwrap();
+        models::build(&cfg, &Device::flex())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let err = mnist("--net-type perturb_resnet18 --nfilters 4").unwrap_err();
+    assert!(err.contains("28x28") && err.contains("lenet"), "{err}");
+    assert!(
+        mnist("--net-type resnet18 --nfilters 4").is_ok(),
+        "the convolution ResNet handles 28x28"
+    );
+    let cfg = Cli::try_parse_from(["pnn", "--net-type", "cifarnet", "--nmasks", "4", "--nfilters", "64"]).unwrap();
+    let err = cfg.args.to_config().unwrap_err().to_string();
+    assert!(
+        err.contains("divisible by the 3 input channels") && err.contains("--nfilters 63"),
+        "{err}"
+    );
+}
