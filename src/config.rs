@@ -73,21 +73,27 @@ pub enum DatasetName {
     Cifar10,
     #[value(name = "CIFAR100")]
     Cifar100,
+    /// An image-folder tree `<dataroot>/{train,test}/<class>/*.{png,jpg,jpeg}` (or a .tar.gz of one).
+    #[value(name = "Folder")]
+    Folder,
 }
 
 impl DatasetName {
-    /// Image geometry (channels, side) of the named set.
-    pub fn geometry(self) -> (usize, usize) {
+    /// Image geometry (channels, side) of a named set; `None` for an image folder, whose
+    /// geometry is known once it is read.
+    pub fn geometry(self) -> Option<(usize, usize)> {
         match self {
-            DatasetName::Mnist | DatasetName::FashionMnist => (1, 28),
-            DatasetName::Cifar10 | DatasetName::Cifar100 => (3, 32),
+            DatasetName::Mnist | DatasetName::FashionMnist => Some((1, 28)),
+            DatasetName::Cifar10 | DatasetName::Cifar100 => Some((3, 32)),
+            DatasetName::Folder => None,
         }
     }
 
-    pub fn num_classes(self) -> usize {
+    pub fn num_classes(self) -> Option<usize> {
         match self {
-            DatasetName::Cifar100 => 100,
-            _ => 10,
+            DatasetName::Cifar100 => Some(100),
+            DatasetName::Folder => None,
+            _ => Some(10),
         }
     }
 }
@@ -114,9 +120,16 @@ pub struct TrainArgs {
         default_value = "CIFAR10"
     )]
     pub dataset_test: DatasetName,
-    /// Folder holding the data files (MNIST: the four IDX files, gzipped or not).
+    /// Folder holding the data files: MNIST's four IDX files (gzipped or not), CIFAR's binary
+    /// release (unpacked or the .tar.gz), or an image folder.
     #[arg(long, default_value = "./data")]
     pub dataroot: PathBuf,
+    /// Download a named data set that is missing from --dataroot (default, as torchvision).
+    #[arg(long, overrides_with = "no_download")]
+    pub download: bool,
+    /// Never download: fail with a message saying where to put the files.
+    #[arg(long = "no-download", alias = "no_download", overrides_with = "download")]
+    pub no_download: bool,
     /// Run folder: arguments, metrics and checkpoints go here [default: results/<timestamp>].
     #[arg(long)]
     pub save: Option<PathBuf>,
@@ -270,6 +283,7 @@ pub struct Config {
     pub dataset_train: DatasetName,
     pub dataset_test: DatasetName,
     pub dataroot: PathBuf,
+    pub download: bool,
     pub net_type: NetType,
     pub nfilters: usize,
     pub nmasks: usize,
@@ -307,6 +321,7 @@ impl TrainArgs {
             dataset_train: self.dataset_train,
             dataset_test: self.dataset_test,
             dataroot: self.dataroot.clone(),
+            download: !self.no_download,
             net_type: self.net_type,
             nfilters: self.nfilters,
             nmasks: self.nmasks,
@@ -346,9 +361,10 @@ impl Config {
     /// Refuses, before anything is built, every configuration the models cannot honour. The
     /// reference prints a warning and carries on in several of these cases; we stop instead.
     pub fn validate(&self) -> Result<()> {
-        let (train_c, train_side) = self.dataset_train.geometry();
-        let (test_c, test_side) = self.dataset_test.geometry();
-        if (train_c, train_side) != (test_c, test_side) {
+        if let (Some((train_c, train_side)), Some((test_c, test_side))) =
+            (self.dataset_train.geometry(), self.dataset_test.geometry())
+            && (train_c, train_side) != (test_c, test_side)
+        {
             bail!(
                 "--dataset-train {:?} has {train_c}x{train_side}x{train_side} images but --dataset-test {:?} has {test_c}x{test_side}x{test_side}: \
                  test on a data set with the same image size",
@@ -386,7 +402,7 @@ impl Config {
         }
         // A grouped 1x1 convolution (nmasks > 1) needs out_channels divisible by in_channels.
         if self.nmasks > 1 && self.any_perturbation_layer() {
-            let (in_c, _) = self.dataset_train.geometry();
+            let in_c = self.dataset_train.geometry().map_or(3, |g| g.0);
             if self.first_filter_size == 0 && self.nfilters % in_c != 0 {
                 bail!(
                     "--nmasks {} with a perturbation first layer groups the 1x1 convolution by input channel: \
@@ -412,17 +428,5 @@ impl Config {
             NetType::Resnet18 | NetType::Noiseresnet18 => false,
             _ => self.first_filter_size == 0 || self.filter_size == 0,
         }
-    }
-
-    pub fn input_channels(&self) -> usize {
-        self.dataset_train.geometry().0
-    }
-
-    pub fn input_size(&self) -> usize {
-        self.dataset_train.geometry().1
-    }
-
-    pub fn num_classes(&self) -> usize {
-        self.dataset_train.num_classes()
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pnn::config::TrainArgs;
 use pnn::device::Backend;
-use pnn::models::{self, ParamCount};
+use pnn::models::{self, Geometry, ParamCount};
 use pnn::train::{self, RunOptions};
 
 #[derive(Parser)]
@@ -46,7 +46,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = args.to_config()?;
             let device = Backend::parse(&args.device)?.device;
             device.seed(config.manual_seed);
-            let model = models::build(&config, &device)?;
+            let geometry = match Geometry::of(&config) {
+                Ok(g) => g,
+                // An image folder: read it to learn its geometry.
+                Err(_) => Geometry::of_set(&pnn::data::load(&config)?.train)?,
+            };
+            let model = models::build_for(&config, geometry, &device)?;
             println!("{model}");
             println!("{}", ParamCount::of(&model).model_size_line());
         }

@@ -1,7 +1,11 @@
 //! `pnn train` and `pnn info` end to end, as a user runs them.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+
+use common::serve;
 
 use pnn::data::idx::encode_idx;
 
@@ -164,10 +168,9 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let empty = tempfile::tempdir().unwrap();
     let runs = tempfile::tempdir().unwrap();
     let save = runs.path().join("run");
-    let out = pnn()
-        .args(train_args(empty.path().to_str().unwrap(), save.to_str().unwrap(), "1"))
-        .output()
-        .unwrap();
+    let mut args = train_args(empty.path().to_str().unwrap(), save.to_str().unwrap(), "1");
+    args.push("--no-download");
+    let out = pnn().args(&args).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -175,6 +178,23 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Downloading from a mirror that serves a wrong file: refused by checksum, nothing kept.
+    let base = serve(vec![("/train-images-idx3-ubyte.gz", b"not mnist".to_vec(), 9)], 1);
+    let out = pnn()
+        .args(train_args(empty.path().to_str().unwrap(), save.to_str().unwrap(), "1"))
+        .env("PNN_DATA_MIRROR", &base)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("f68b3c2dcbeaaa9fbdd348bbdeb94873") && stderr.contains("not the published"),
+        "{stderr}"
+    );
+    let raw = empty.path().join("MNIST/raw");
+    let left = std::fs::read_dir(&raw).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "no partial or bad file is left in {raw:?}");
 
     let out = pnn()
         .args([

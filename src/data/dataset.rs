@@ -1,5 +1,8 @@
 //! A labelled image set held in memory as bytes, channel-major, and its normalisation.
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
 /// Images as u8, laid out [N, C, H, W], with one label each.
 #[derive(Debug, Clone)]
 pub struct ImageSet {
@@ -29,12 +32,22 @@ impl ImageSet {
         &self.images[index * n..(index + 1) * n]
     }
 
-    /// The first `n` images (all of them when `n` is larger).
-    pub fn truncate(mut self, n: usize) -> Self {
-        let n = n.min(self.len());
-        self.images.truncate(n * self.image_len());
-        self.labels.truncate(n);
-        self
+    /// `n` images drawn at random (without replacement, reproducibly from `seed`), kept in file
+    /// order; all of them when `n` is at least the size of the set. A random draw rather than
+    /// the first `n`, because image folders are stored class by class.
+    pub fn subset(self, n: usize, seed: u64) -> Self {
+        if n >= self.len() {
+            return self;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut indices = rand::seq::index::sample(&mut rng, self.len(), n).into_vec();
+        indices.sort_unstable();
+        let mut images = Vec::with_capacity(n * self.image_len());
+        for &i in &indices {
+            images.extend_from_slice(self.image(i));
+        }
+        let labels = indices.iter().map(|&i| self.labels[i]).collect();
+        Self { images, labels, ..self }
     }
 }
 
@@ -51,6 +64,14 @@ impl Normalization {
         Self {
             mean: vec![0.1307],
             std: vec![0.3081],
+        }
+    }
+
+    /// The reference's normalisation of image folders: mean 0.5, std 0.5 per channel.
+    pub fn half(channels: usize) -> Self {
+        Self {
+            mean: vec![0.5; channels],
+            std: vec![0.5; channels],
         }
     }
 

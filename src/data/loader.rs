@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
+use super::augment;
 use super::dataset::{ImageSet, Normalization};
 
 /// Batches kept ready ahead of the training step.
@@ -56,6 +57,7 @@ pub struct Loader {
     norm: Normalization,
     batch_size: usize,
     order: Order,
+    augment: bool,
 }
 
 impl Loader {
@@ -66,7 +68,15 @@ impl Loader {
             norm,
             batch_size,
             order,
+            augment: false,
         }
+    }
+
+    /// Random crop (4-pixel zero padding) and horizontal flip of every image, drawn from a
+    /// generator seeded by (seed, epoch, batch), so the result does not depend on threads.
+    pub fn with_augmentation(mut self, augment: bool) -> Self {
+        self.augment = augment;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -100,9 +110,15 @@ impl Loader {
         let (tx, rx) = sync_channel(PREFETCH);
         let indices = self.indices(epoch);
         let (set, norm, batch_size) = (self.set.clone(), self.norm.clone(), self.batch_size);
+        let augment_seed = match (self.augment, self.order) {
+            (true, Order::Shuffled { seed }) => Some(epoch_seed(seed ^ AUGMENT_STREAM, epoch)),
+            (true, Order::Sequential) => Some(epoch_seed(AUGMENT_STREAM, epoch)),
+            (false, _) => None,
+        };
         let worker = std::thread::spawn(move || {
-            for chunk in indices.chunks(batch_size) {
-                if tx.send(make_batch(&set, &norm, chunk)).is_err() {
+            for (b, chunk) in indices.chunks(batch_size).enumerate() {
+                let mut rng = augment_seed.map(|s| ChaCha8Rng::seed_from_u64(epoch_seed(s, b)));
+                if tx.send(make_batch(&set, &norm, chunk, rng.as_mut())).is_err() {
                     return; // the consumer stopped early
                 }
             }
@@ -137,11 +153,23 @@ impl Iterator for BatchIter {
     }
 }
 
-fn make_batch(set: &ImageSet, norm: &Normalization, indices: &[usize]) -> Batch {
+/// Separates the augmentation random stream from the shuffling one.
+const AUGMENT_STREAM: u64 = 0xA06_0E27;
+
+/// Assembles one batch: optional augmentation, then normalisation.
+pub fn make_batch(set: &ImageSet, norm: &Normalization, indices: &[usize], mut rng: Option<&mut ChaCha8Rng>) -> Batch {
     let n = set.image_len();
     let mut images = vec![0f32; indices.len() * n];
+    let mut augmented = vec![0u8; n];
     for (slot, &i) in indices.iter().enumerate() {
-        norm.apply(set.image(i), set.channels, &mut images[slot * n..(slot + 1) * n]);
+        let image = match rng.as_deref_mut() {
+            Some(rng) => {
+                augment::random_crop_flip(set.image(i), set.channels, set.height, set.width, rng, &mut augmented);
+                &augmented[..]
+            }
+            None => set.image(i),
+        };
+        norm.apply(image, set.channels, &mut images[slot * n..(slot + 1) * n]);
     }
     Batch {
         images,

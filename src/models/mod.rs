@@ -12,6 +12,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{Config, NetType};
+use crate::data::ImageSet;
 use crate::layer::PerturbSpec;
 
 pub use cifarnet::CifarNet;
@@ -30,12 +31,32 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    pub fn of(config: &Config) -> Self {
-        Self {
-            channels: config.input_channels(),
-            input_size: config.input_size(),
-            num_classes: config.num_classes(),
+    /// The geometry of a named training set, known without reading it.
+    pub fn of(config: &Config) -> Result<Self> {
+        match (config.dataset_train.geometry(), config.dataset_train.num_classes()) {
+            (Some((channels, input_size)), Some(num_classes)) => Ok(Self {
+                channels,
+                input_size,
+                num_classes,
+            }),
+            _ => bail!("the geometry of an image folder is known only once it is read"),
         }
+    }
+
+    /// The geometry of a data set that has been read; the models need square images.
+    pub fn of_set(set: &ImageSet) -> Result<Self> {
+        if set.height != set.width {
+            bail!(
+                "the images are {}x{}: the models need square images (resize or crop them)",
+                set.width,
+                set.height
+            );
+        }
+        Ok(Self {
+            channels: set.channels,
+            input_size: set.height,
+            num_classes: set.num_classes,
+        })
     }
 }
 
@@ -60,9 +81,14 @@ impl Net {
     }
 }
 
-/// Builds the model a configuration describes, with the reference's initialisation.
+/// Builds the model a configuration describes for its named data set, with the reference's
+/// initialisation.
 pub fn build(config: &Config, device: &Device) -> Result<Net> {
-    let geometry = Geometry::of(config);
+    build_for(config, Geometry::of(config)?, device)
+}
+
+/// Builds the model for data of the given geometry.
+pub fn build_for(config: &Config, geometry: Geometry, device: &Device) -> Result<Net> {
     check_resnet_geometry(config, geometry)?;
     Ok(match config.net_type {
         NetType::Lenet => Net::Lenet(LeNet::new(config, geometry, device)),

@@ -8,7 +8,9 @@ pub fn learning_rate(base: f64, dataset: DatasetName, epoch_plus_one: usize) -> 
     let (factor, milestones): (f64, &[usize]) = match dataset {
         DatasetName::Mnist | DatasetName::FashionMnist => (0.2, &[30, 60, 90]),
         DatasetName::Cifar10 => (0.2, &[60, 90, 120, 160]),
-        DatasetName::Cifar100 => (0.1, &[80, 120, 160]),
+        // Image folders: the reference has no schedule for them (it crashes); use the one it
+        // gives its other image sets (CIFAR-100, FRGC).
+        DatasetName::Cifar100 | DatasetName::Folder => (0.1, &[80, 120, 160]),
     };
     let steps = milestones.iter().filter(|&&m| epoch_plus_one >= m).count();
     base * factor.powi(steps as i32)

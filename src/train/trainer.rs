@@ -20,7 +20,7 @@ use super::{optim, schedule};
 use crate::config::Config;
 use crate::data::{self, Loader, Order};
 use crate::device::Backend;
-use crate::models::{self, Net, ParamCount};
+use crate::models::{self, Geometry, Net, ParamCount};
 
 /// Where a run writes and what it resumes from.
 pub struct RunOptions {
@@ -74,7 +74,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     device.seed(config.manual_seed);
 
     let data = data::load(config)?;
-    let mut model = models::build(config, &device)?;
+    let mut model = models::build_for(config, Geometry::of_set(&data.train)?, &device)?;
     let mut optimizer = optim::build(config);
     let params = ParamCount::of(&model);
 
@@ -119,10 +119,12 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     say!(opts, "{}", params.model_size_line());
     say!(
         opts,
-        "Training {:?} on {} {:?} images, testing on {} {:?} images, backend {backend}, run folder {}",
+        "Training {:?} on {} {:?} images{} from {}, testing on {} {:?} images, backend {backend}, run folder {}",
         config.net_type,
         data.train.len(),
         config.dataset_train,
+        if data.augment { " (random crop and flip)" } else { "" },
+        data.source,
         data.test.len(),
         config.dataset_test,
         run.root.display()
