@@ -46,9 +46,10 @@ impl Backend {
 fn vulkan(index: Option<usize>) -> Result<Backend> {
     use burn::tensor::DeviceKind;
     let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
+    let name = format!("vulkan ({kind:?})");
     Ok(Backend {
         device: Device::vulkan(kind),
-        name: format!("vulkan ({kind:?})"),
+        name,
     })
 }
 

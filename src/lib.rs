@@ -6,6 +6,7 @@
 //! - [`data`]: reading data sets and batching them.
 //! - [`train`]: the training loop, optimisers, schedule, metrics and checkpoints.
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;

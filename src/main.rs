@@ -26,6 +26,18 @@ enum Command {
     Train(TrainArgs),
     /// Print a model's layers and its size (regular parameters and noise mask values).
     Info(TrainArgs),
+    /// Measure a configuration on synthetic data: training-step images/s (median over steps)
+    /// beside the data loader's images/s, and peak memory.
+    Bench {
+        #[command(flatten)]
+        args: TrainArgs,
+        /// Steps measured (after the warm-up).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Steps run first and not measured.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+    },
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -54,6 +66,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let model = models::build_for(&config, geometry, &device)?;
             println!("{model}");
             println!("{}", ParamCount::of(&model).model_size_line());
+        }
+        Command::Bench { args, steps, warmup } => {
+            let config = args.to_config()?;
+            let backend = Backend::parse(&args.device)?;
+            let r = pnn::bench::run(&config, &backend, warmup, steps.max(1))?;
+            println!("{:?} batch {} on {}:", config.net_type, config.batch_size, backend.name);
+            println!(
+                "  training step: {:.1} images/s (median step {:.1} ms over {} steps)",
+                r.step_images_per_sec,
+                r.median_step_seconds * 1e3,
+                steps.max(1)
+            );
+            println!("  data loader:   {:.0} images/s", r.loader_images_per_sec);
+            println!(
+                "  loader / step: {:.0}x",
+                r.loader_images_per_sec / r.step_images_per_sec
+            );
+            if let Some(mib) = r.peak_rss_mib {
+                println!("  peak memory:   {mib:.0} MiB");
+            }
         }
     }
     Ok(())

@@ -73,7 +73,9 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     // The seed decides the weights and the noise masks; each epoch reseeds from (seed, epoch).
     device.seed(config.manual_seed);
 
+    let load_start = Instant::now();
     let data = data::load(config)?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
     let mut model = models::build_for(config, Geometry::of_set(&data.train)?, &device)?;
     let mut optimizer = optim::build(config);
     let params = ParamCount::of(&model);
@@ -119,7 +121,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     say!(opts, "{}", params.model_size_line());
     say!(
         opts,
-        "Training {:?} on {} {:?} images{} from {}, testing on {} {:?} images, backend {backend}, run folder {}",
+        "Training {:?} on {} {:?} images{} from {} (read in {load_seconds:.1} s), testing on {} {:?} images, backend {backend}, run folder {}",
         config.net_type,
         data.train.len(),
         config.dataset_train,

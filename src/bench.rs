@@ -1,0 +1,94 @@
+//! `pnn bench`: throughput of a configuration on synthetic data, measured side by side in one
+//! run: the training step (forward, loss, backward, optimiser) and the data loader that feeds it
+//! (normalisation and, where the data set has it, augmentation), with their ratio.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::nn::loss::CrossEntropyLoss;
+use burn::optim::GradientsParams;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{Config, DatasetName};
+use crate::data::{ImageSet, Loader, Normalization, Order};
+use crate::device::Backend;
+use crate::models::{self, Geometry};
+use crate::train::optim;
+
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    pub step_images_per_sec: f64,
+    pub median_step_seconds: f64,
+    pub loader_images_per_sec: f64,
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn synthetic_set(geometry: Geometry, n: usize) -> ImageSet {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let size = geometry.channels * geometry.input_size * geometry.input_size;
+    ImageSet {
+        images: (0..n * size).map(|_| rng.random()).collect(),
+        labels: (0..n).map(|i| (i % geometry.num_classes) as u16).collect(),
+        channels: geometry.channels,
+        height: geometry.input_size,
+        width: geometry.input_size,
+        num_classes: geometry.num_classes,
+    }
+}
+
+pub fn run(config: &Config, backend: &Backend, warmup: usize, steps: usize) -> Result<BenchResult> {
+    let geometry = Geometry::of(config)?;
+    let augment = matches!(config.dataset_train, DatasetName::Cifar10 | DatasetName::Cifar100);
+    let norm = match geometry.channels {
+        1 => Normalization::mnist(),
+        c => Normalization {
+            mean: vec![0.5; c],
+            std: vec![0.5; c],
+        },
+    };
+    let set = Arc::new(synthetic_set(geometry, config.batch_size * (warmup + steps).max(64)));
+    let loader = Loader::new(set, norm, config.batch_size, Order::Shuffled { seed: 1 }).with_augmentation(augment);
+
+    // Loader alone: a full pass over the synthetic set.
+    let start = Instant::now();
+    let loaded: usize = loader.epoch(1).map(|b| b.len()).sum();
+    let loader_images_per_sec = loaded as f64 / start.elapsed().as_secs_f64();
+
+    // Training steps on the loader's batches.
+    let device = backend.device.clone().autodiff();
+    device.seed(config.manual_seed);
+    let mut model = models::build_for(config, geometry, &device)?;
+    let mut optimizer = optim::build(config);
+    let loss_fn = CrossEntropyLoss::new(None, &device);
+    let mut times = Vec::new();
+    for (i, batch) in loader.epoch(2).take(warmup + steps).enumerate() {
+        let start = Instant::now();
+        let (images, labels) = batch.to_tensors(&device);
+        let loss = loss_fn.forward(model.forward(images), labels);
+        let _ = loss.clone().into_scalar::<f32>(); // waits for the step, as training does
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(config.learning_rate, model, grads);
+        backend.device.sync()?;
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(BenchResult {
+        step_images_per_sec: config.batch_size as f64 / median,
+        median_step_seconds: median,
+        loader_images_per_sec,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
