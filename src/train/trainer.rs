@@ -43,19 +43,19 @@ pub struct RunSummary {
 impl RunSummary {
     /// Best correct test accuracy and its 1-based epoch.
     pub fn best(&self) -> Option<(f64, usize)> {
-        self.history
-            .iter()
-            .map(|r| (r.test_acc, r.epoch))
-            .fold(None, |best, (acc, ep)| match best {
-                Some((b, _)) if b >= acc => best,
-                _ => Some((acc, ep)),
-            })
+        self.best_by(|r| r.test_acc)
     }
 
+    /// Best accuracy the original code would have reported, and its epoch.
     pub fn best_reported(&self) -> Option<(f64, usize)> {
+        self.best_by(|r| r.test_acc_reported)
+    }
+
+    /// The highest value of `metric` over the epochs (the earliest epoch on ties).
+    fn best_by(&self, metric: impl Fn(&EpochRecord) -> f64) -> Option<(f64, usize)> {
         self.history
             .iter()
-            .map(|r| (r.test_acc_reported, r.epoch))
+            .map(|r| (metric(r), r.epoch))
             .fold(None, |best, (acc, ep)| match best {
                 Some((b, _)) if b >= acc => best,
                 _ => Some((acc, ep)),
