@@ -5,10 +5,11 @@
 //! forms both accepted); `Config` is the resolved, validated, serialisable form that every run
 //! records next to its results.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 /// The networks of the reproduction's `models.py`.
@@ -51,27 +52,35 @@ pub enum NoiseType {
     Normal,
 }
 
-/// Optimisers, spelled as the reference's `--optim-method` values.
+/// Optimisers, spelled (on the command line and in records) as the reference's
+/// `--optim-method` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 pub enum OptimMethod {
     #[value(name = "SGD")]
+    #[serde(rename = "SGD", alias = "Sgd")]
     Sgd,
     #[value(name = "Adam")]
     Adam,
     #[value(name = "RMSprop")]
+    #[serde(rename = "RMSprop", alias = "RmsProp")]
     RmsProp,
 }
 
-/// Data sets known by name. Later data issues add CIFAR and image folders.
+/// Data sets known by name. Recorded under their command-line names (`CIFAR10`); the names of
+/// earlier records (`Cifar10`) are still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 pub enum DatasetName {
     #[value(name = "MNIST")]
+    #[serde(rename = "MNIST", alias = "Mnist")]
     Mnist,
     #[value(name = "FashionMNIST")]
+    #[serde(rename = "FashionMNIST", alias = "FashionMnist")]
     FashionMnist,
     #[value(name = "CIFAR10")]
+    #[serde(rename = "CIFAR10", alias = "Cifar10")]
     Cifar10,
     #[value(name = "CIFAR100")]
+    #[serde(rename = "CIFAR100", alias = "Cifar100")]
     Cifar100,
     /// An image-folder tree `<dataroot>/{train,test}/<class>/*.{png,jpg,jpeg}` (or a .tar.gz of one).
     #[value(name = "Folder")]
@@ -314,7 +323,26 @@ pub struct Config {
     pub adam_beta2: f64,
 }
 
+/// `TrainArgs` alone, for parsing a command's flags outside the `pnn` command line.
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct FlagsOnly {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
 impl TrainArgs {
+    /// Parses training flags as `pnn train` would (e.g. an experiment's command line).
+    pub fn parse_flags<I, S>(flags: I) -> Result<TrainArgs>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        FlagsOnly::try_parse_from(flags)
+            .map(|f| f.args)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
     /// Resolves the paired on/off flags and validates the whole configuration.
     pub fn to_config(&self) -> Result<Config> {
         let config = Config {
@@ -403,7 +431,7 @@ impl Config {
         // A grouped 1x1 convolution (nmasks > 1) needs out_channels divisible by in_channels.
         if self.nmasks > 1 && self.any_perturbation_layer() {
             let in_c = self.dataset_train.geometry().map_or(3, |g| g.0);
-            if self.first_filter_size == 0 && self.nfilters % in_c != 0 {
+            if self.first_filter_size == 0 && !self.nfilters.is_multiple_of(in_c) {
                 bail!(
                     "--nmasks {} with a perturbation first layer groups the 1x1 convolution by input channel: \
                      --nfilters {} must be divisible by the {in_c} input channels (try --nfilters {})",
@@ -420,6 +448,44 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The configuration as flag name -> value (the names of `config.json`).
+    pub fn fields(&self) -> BTreeMap<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// A setting's value as recorded and typed: `perturb_resnet18`, `CIFAR10`, `SGD`.
+    pub fn value_name<T: Serialize>(value: &T) -> String {
+        match serde_json::to_value(value) {
+            Ok(serde_json::Value::String(s)) => s,
+            Ok(other) => other.to_string(),
+            Err(_) => String::from("?"),
+        }
+    }
+
+    /// Names of the fields whose values are not the same in all of `configs`, in name order.
+    pub fn differing_fields(configs: &[&Config]) -> Vec<String> {
+        let all: Vec<_> = configs.iter().map(|c| c.fields()).collect();
+        let Some(first) = all.first() else { return Vec::new() };
+        first
+            .keys()
+            .filter(|k| all.iter().any(|m| m.get(*k) != first.get(*k)))
+            .cloned()
+            .collect()
+    }
+
+    /// Fields that change a run's numbers if they change between a run and its resumption:
+    /// everything but the epoch budget and where data or logs live.
+    pub fn resume_mismatches(&self, saved: &Config) -> Vec<String> {
+        const FREE: [&str; 5] = ["nepochs", "dataroot", "download", "nthreads", "debug"];
+        Config::differing_fields(&[self, saved])
+            .into_iter()
+            .filter(|f| !FREE.contains(&f.as_str()))
+            .collect()
     }
 
     /// Whether the configuration builds at least one perturbation layer.

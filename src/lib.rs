@@ -5,6 +5,8 @@
 //! - [`models`]: the networks.
 //! - [`data`]: reading data sets and batching them.
 //! - [`train`]: the training loop, optimisers, schedule, metrics and checkpoints.
+//! - [`report`]: figures, comparison tables and the reproduction's experiment table.
+//! - [`provenance`]: the build, machine and backend recorded beside every result.
 
 pub mod bench;
 pub mod config;
@@ -12,4 +14,6 @@ pub mod data;
 pub mod device;
 pub mod layer;
 pub mod models;
+pub mod provenance;
+pub mod report;
 pub mod train;

@@ -2,10 +2,16 @@
 
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pnn::config::TrainArgs;
 use pnn::device::Backend;
 use pnn::models::{self, Geometry, ParamCount};
+use pnn::report::reproduce::{self, Budget, ReproduceOptions};
+use pnn::report::{RecordedRun, find_runs, plot, table};
+use pnn::train::files::write_atomic;
 use pnn::train::{self, RunOptions};
 
 #[derive(Parser)]
@@ -37,6 +43,70 @@ enum Command {
         /// Steps run first and not measured.
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+    },
+    /// Draw test accuracy per epoch (PNG, SVG and a JSON naming the runs): for one run the
+    /// correct and the reported accuracy, for several one curve each.
+    Plot {
+        /// Run folders (or folders holding runs).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Output path without extension [default: <run>/accuracy for one run, else ./accuracy-comparison].
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// With several runs, also draw each one's reported accuracy (dashed).
+        #[arg(long)]
+        reported: bool,
+        /// Figure title (several runs).
+        #[arg(long)]
+        title: Option<String>,
+    },
+    /// Compare runs in a table: model, the flags that differ, size, best and final correct
+    /// accuracy, best reported accuracy, time. Markdown on stdout.
+    Compare {
+        /// Run folders (or folders holding runs).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Also write the table as Markdown to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Also write the table as CSV (with each run's full configuration and provenance).
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
+    /// Run the reproduction's experiment table (its README's 8 CIFAR-10 commands) with the
+    /// budget given, and write the table with the published figures beside, and figures.
+    /// Started again, it skips finished runs and resumes an unfinished one.
+    Reproduce {
+        /// Folder with the CIFAR-10 data (binary release, its .tar.gz, or an image folder).
+        #[arg(long, default_value = "./data")]
+        dataroot: PathBuf,
+        /// Epochs per run (the published figures are after 150).
+        #[arg(long, default_value_t = 150)]
+        nepochs: usize,
+        /// Train on a fixed random subset of N images.
+        #[arg(long = "train-subset", alias = "train_subset")]
+        train_subset: Option<usize>,
+        /// Test on a fixed random subset of N images.
+        #[arg(long = "test-subset", alias = "test_subset")]
+        test_subset: Option<usize>,
+        /// Number of seeds (1..=K) per experiment.
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// Run only these experiments, e.g. --only 1,4,5.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<usize>,
+        /// Folder for the runs, the table and the figures.
+        #[arg(long, default_value = "results/reproduce")]
+        out: PathBuf,
+        /// cpu, vulkan[:N] or cuda[:N].
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Never download CIFAR-10.
+        #[arg(long = "no-download", alias = "no_download")]
+        no_download: bool,
+        /// List the experiments and exit.
+        #[arg(long)]
+        list: bool,
     },
 }
 
@@ -71,7 +141,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = args.to_config()?;
             let backend = Backend::parse(&args.device)?;
             let r = pnn::bench::run(&config, &backend, warmup, steps.max(1))?;
-            println!("{:?} batch {} on {}:", config.net_type, config.batch_size, backend.name);
+            println!(
+                "{} batch {} on {}:",
+                pnn::config::Config::value_name(&config.net_type),
+                config.batch_size,
+                backend.name
+            );
             println!(
                 "  training step: {:.1} images/s (median step {:.1} ms over {} steps)",
                 r.step_images_per_sec,
@@ -87,8 +162,87 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  peak memory:   {mib:.0} MiB");
             }
         }
+        Command::Plot {
+            runs,
+            out,
+            reported,
+            title,
+        } => {
+            let runs = load_runs(&runs)?;
+            let (figure, default_out) = if let [run] = runs.as_slice() {
+                (plot::reported_vs_correct(run), run.dir.join("accuracy"))
+            } else {
+                let mut fig = plot::runs_figure(&runs, reported);
+                if let Some(t) = title {
+                    fig.title = t;
+                }
+                (fig, PathBuf::from("accuracy-comparison"))
+            };
+            let refs: Vec<&RecordedRun> = runs.iter().collect();
+            for path in plot::save(&figure, &out.unwrap_or(default_out), &refs)? {
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Compare { runs, markdown, csv } => {
+            let runs = load_runs(&runs)?;
+            let md = table::compare_markdown(&runs);
+            print!("{md}");
+            if let Some(path) = markdown {
+                write_atomic(&path, md.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            if let Some(path) = csv {
+                write_atomic(&path, &table::compare_csv(&runs)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Command::Reproduce {
+            dataroot,
+            nepochs,
+            train_subset,
+            test_subset,
+            seeds,
+            only,
+            out,
+            device,
+            no_download,
+            list,
+        } => {
+            if list {
+                for e in reproduce::EXPERIMENTS {
+                    println!(
+                        "{}. {} (published {:.1}%)\n   pnn train {}",
+                        e.id, e.title, e.published, e.flags
+                    );
+                }
+                return Ok(());
+            }
+            let opts = ReproduceOptions {
+                out,
+                dataroot,
+                download: !no_download,
+                budget: Budget {
+                    nepochs,
+                    train_subset,
+                    test_subset,
+                    seeds,
+                },
+                only,
+                backend: Backend::parse(&device)?,
+                verbose: true,
+            };
+            for path in reproduce::run(&opts)? {
+                println!("wrote {}", path.display());
+            }
+        }
     }
     Ok(())
+}
+
+/// Every run under the given folders, read back.
+fn load_runs(paths: &[PathBuf]) -> anyhow::Result<Vec<RecordedRun>> {
+    find_runs(paths)?.iter().map(|dir| RecordedRun::load(dir)).collect()
 }
 
 fn main() -> ExitCode {

@@ -1,4 +1,4 @@
-//! `pnn train` and `pnn info` end to end, as a user runs them.
+//! `pnn train`, `info`, `plot` and `compare` end to end, as a user runs them.
 
 mod common;
 
@@ -146,6 +146,49 @@ fn train_one_epoch_end_to_end_writes_metrics_checkpoints_and_both_accuracies() {
             "{name}: same seed, same metrics; resume is exact"
         );
     }
+
+    // Resuming with a setting that changes the numbers is refused, naming the setting.
+    let mut args = train_args(d, s, "3");
+    args.extend(["--resume", resume.to_str().unwrap(), "--level", "0.25"]);
+    let out = pnn().args(&args).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("level: 0.5 then, 0.25 now"), "{stderr}");
+
+    // summary.json traces the run: provenance, wall time, where it stands.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(save.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["finished"], true);
+    assert_eq!(summary["epochs_done"], 2);
+    assert!(summary["wall_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["provenance"]["pnn_version"], env!("CARGO_PKG_VERSION"));
+    assert!(!summary["provenance"]["pnn_commit"].as_str().unwrap().is_empty());
+    assert_eq!(summary["provenance"]["backend"], "cpu (burn flex)");
+    assert!(summary["provenance"]["machine"]["cores"].as_u64().unwrap() >= 1);
+
+    // The three runs compared, and plotted.
+    let out = pnn().args(["compare", runs.path().to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for name in ["| again | lenet |", "| run | lenet |", "| straight | lenet |"] {
+        assert!(table.contains(name), "{table}");
+    }
+    let out = pnn().args(["plot", s]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(save.join("accuracy.png").is_file() && save.join("accuracy.svg").is_file());
+    let stem = runs.path().join("all");
+    let out = pnn()
+        .args([
+            "plot",
+            runs.path().to_str().unwrap(),
+            "--reported",
+            "-o",
+            stem.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(runs.path().join("all.png").is_file());
 }
 
 /// Per-epoch metrics with the wall-clock columns removed.
@@ -212,6 +255,17 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nmasks"));
+
+    // Reports of a folder that holds no run.
+    for command in ["compare", "plot"] {
+        let out = pnn().args([command, empty.path().to_str().unwrap()]).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("holds no pnn run") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

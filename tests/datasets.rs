@@ -5,7 +5,7 @@ use std::path::Path;
 
 mod common;
 
-use common::serve;
+use common::{images, pixel, serve, write_cifar10_release};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use pnn::data::augment::random_crop_flip;
@@ -17,32 +17,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// Pixel value of image `i`, channel `c`, position `p`: distinct across channels and images.
-fn pixel(i: usize, c: usize, p: usize) -> u8 {
-    ((i * 7 + c * 85 + p) % 256) as u8
-}
-
-fn images(n: usize) -> Vec<u8> {
-    (0..n)
-        .flat_map(|i| (0..3).flat_map(move |c| (0..1024).map(move |p| pixel(i, c, p))))
-        .collect()
-}
-
-fn write_cifar10_release(dir: &Path, per_file: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let files = CifarKind::Cifar10
-        .files(Split::Train)
-        .into_iter()
-        .chain(CifarKind::Cifar10.files(Split::Test));
-    for (f, name) in files.enumerate() {
-        let labels: Vec<u8> = (0..per_file).map(|i| ((i + f) % 10) as u8).collect();
-        std::fs::write(
-            dir.join(name),
-            encode_records(CifarKind::Cifar10, &labels, &images(per_file)),
-        )
-        .unwrap();
-    }
-}
-
 #[test]
 fn cifar10_records_are_read_channel_major_in_file_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,6 +192,34 @@ fn image_folder_classes_are_sorted_and_pixels_channel_major() {
     let from_archive = folder::load_archive(&archive).unwrap();
     assert_eq!(from_archive.train.images, splits.train.images);
     assert_eq!(from_archive.test.labels, splits.test.labels);
+}
+
+#[test]
+fn a_folder_test_set_is_read_in_one_fixed_mixed_order() {
+    // Stored class by class, the original code's running-average accuracy would measure the last
+    // class only; loaded, the test set is permuted once, the same way every time.
+    let root = tempfile::tempdir().unwrap();
+    write_tree(
+        root.path(),
+        &[("train", "a", 2), ("train", "b", 2), ("test", "a", 8), ("test", "b", 8)],
+    );
+    let flags = format!(
+        "--dataset-train Folder --dataset-test Folder --dataroot {}",
+        root.path().display()
+    );
+    let config = pnn::config::TrainArgs::parse_flags(flags.split_whitespace())
+        .unwrap()
+        .to_config()
+        .unwrap();
+    let first = pnn::data::load(&config).unwrap().test;
+    let again = pnn::data::load(&config).unwrap().test;
+    assert_eq!(first.labels, again.labels);
+    assert_eq!(first.images, again.images);
+    let ones = first.labels.iter().filter(|&&l| l == 1).count();
+    assert_eq!((first.labels.len(), ones), (16, 8));
+    let mut sorted = first.labels.clone();
+    sorted.sort();
+    assert_ne!(first.labels, sorted, "the test set is not left in class order");
 }
 
 #[test]

@@ -68,7 +68,7 @@ impl CifarKind {
 /// Parses the records of one file, appending to `set`.
 pub fn parse_records(kind: CifarKind, bytes: &[u8], what: &str, set: &mut ImageSet) -> Result<()> {
     let record = kind.label_bytes() + PIXELS;
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         bail!(
             "{what}: {} bytes is not a whole number of {} records ({record} bytes each: {} label byte(s) + 3,072 pixels): \
              the file is truncated or not from the {} binary release",

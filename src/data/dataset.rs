@@ -1,6 +1,7 @@
 //! A labelled image set held in memory as bytes, channel-major, and its normalisation.
 
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 /// Images as u8, laid out [N, C, H, W], with one label each.
@@ -42,8 +43,20 @@ impl ImageSet {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut indices = rand::seq::index::sample(&mut rng, self.len(), n).into_vec();
         indices.sort_unstable();
-        let mut images = Vec::with_capacity(n * self.image_len());
-        for &i in &indices {
+        self.gather(&indices)
+    }
+
+    /// All images in a fixed random order (reproducible from `seed`).
+    pub fn permuted(self, seed: u64) -> Self {
+        let mut indices: Vec<usize> = (0..self.len()).collect();
+        indices.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        self.gather(&indices)
+    }
+
+    /// The images at `indices`, in that order.
+    fn gather(self, indices: &[usize]) -> Self {
+        let mut images = Vec::with_capacity(indices.len() * self.image_len());
+        for &i in indices {
             images.extend_from_slice(self.image(i));
         }
         let labels = indices.iter().map(|&i| self.labels[i]).collect();

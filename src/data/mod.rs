@@ -42,7 +42,12 @@ struct Splits {
     train: ImageSet,
     test: ImageSet,
     source: String,
+    /// Image folders list the test set class by class; the official files mix the classes.
+    test_in_class_order: bool,
 }
+
+/// Seed of the fixed order given to a test set stored class by class (see `load`).
+const TEST_ORDER_SEED: u64 = 0x7e57;
 
 fn load_mnist_like(
     name: &str,
@@ -67,6 +72,7 @@ fn load_mnist_like(
         train,
         test,
         source: root.display().to_string(),
+        test_in_class_order: false,
     })
 }
 
@@ -81,6 +87,7 @@ fn load_cifar(kind: CifarKind, root: &Path, download_missing: bool) -> Result<Sp
             train,
             test,
             source: dir.display().to_string(),
+            test_in_class_order: false,
         });
     }
     let archive = root.join(kind.archive());
@@ -119,6 +126,7 @@ fn load_cifar_archive(kind: CifarKind, archive: &Path) -> Result<Splits> {
         train,
         test,
         source: archive.display().to_string(),
+        test_in_class_order: false,
     })
 }
 
@@ -172,6 +180,7 @@ fn find_cifar10_folder(root: &Path) -> Result<Option<Splits>> {
         train: splits.train,
         test: splits.test,
         source: path.display().to_string(),
+        test_in_class_order: true,
     }))
 }
 
@@ -191,6 +200,7 @@ fn load_folder(root: &Path) -> Result<Splits> {
         train: splits.train,
         test: splits.test,
         source: root.display().to_string(),
+        test_in_class_order: true,
     })
 }
 
@@ -214,11 +224,11 @@ fn load_named(name: DatasetName, root: &Path, download_missing: bool) -> Result<
 pub fn load(config: &Config) -> Result<Data> {
     let root = &config.dataroot;
     let first = load_named(config.dataset_train, root, config.download)?;
-    let (train, test, source) = if config.dataset_test == config.dataset_train {
-        (first.train, first.test, first.source)
+    let (train, test, source, class_order) = if config.dataset_test == config.dataset_train {
+        (first.train, first.test, first.source, first.test_in_class_order)
     } else {
         let other = load_named(config.dataset_test, root, config.download)?;
-        (first.train, other.test, first.source)
+        (first.train, other.test, first.source, other.test_in_class_order)
     };
     if (train.channels, train.height, train.width) != (test.channels, test.height, test.width) {
         bail!(
@@ -245,6 +255,15 @@ pub fn load(config: &Config) -> Result<Data> {
     let test = match config.test_subset {
         Some(n) => test.subset(n, SUBSET_SEED),
         None => test,
+    };
+    // The correct accuracy does not depend on the order of the test batches, but the original
+    // code's running average does: on a test set sorted by class it would mostly measure the
+    // last class. A folder's test set is therefore put in a fixed mixed order, as the classes
+    // are in the official CIFAR and MNIST test files.
+    let test = if class_order {
+        test.permuted(TEST_ORDER_SEED)
+    } else {
+        test
     };
     if train.is_empty() || test.is_empty() {
         bail!("the training or test set is empty (check --train-subset / --test-subset and the data files)");

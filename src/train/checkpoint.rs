@@ -32,6 +32,10 @@ pub struct TrainState {
     pub epochs_done: usize,
     pub history: Vec<EpochRecord>,
     pub reported: ReportedAccuracy,
+    /// Wall time spent on this run so far, over all its sessions (0 in checkpoints from before
+    /// it was recorded).
+    #[serde(default)]
+    pub wall_seconds: f64,
 }
 
 pub fn save(dir: &Path, model: &Net, optim: &ModuleOptimizer, state: &TrainState) -> Result<()> {

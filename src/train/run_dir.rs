@@ -1,29 +1,61 @@
-//! A run's folder: its configuration, its per-epoch metrics (CSV and JSON lines) and its
-//! checkpoints. Every file is rewritten whole and atomically after each epoch.
+//! A run's folder: its configuration and provenance (`config.json`), its per-epoch metrics (CSV
+//! and JSON lines), a summary of where it stands (`summary.json`) and its checkpoints. Every
+//! file is rewritten whole and atomically after each epoch.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::files::write_atomic;
 use super::metrics::EpochRecord;
 use crate::config::Config;
+use crate::models::ParamCount;
+use crate::provenance::Provenance;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const METRICS_JSONL: &str = "metrics.jsonl";
+pub const METRICS_CSV: &str = "metrics.csv";
 
 pub struct RunDir {
     pub root: PathBuf,
     pub logs: PathBuf,
 }
 
-/// What a run records about itself besides the configuration.
-#[derive(Debug, Serialize)]
-pub struct RunInfo<'a> {
-    pub pnn_version: &'a str,
-    pub backend: &'a str,
+/// `config.json`: what was asked for and what ran it, written when a run starts or resumes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub provenance: Provenance,
+    /// The command line as typed.
     pub command: Vec<String>,
     pub started: String,
-    pub config: &'a Config,
+    pub config: Config,
+}
+
+/// `summary.json`: where a run stands, rewritten after every epoch. Self-contained: it repeats
+/// the configuration and provenance so that the file alone traces its numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummaryFile {
+    pub provenance: Provenance,
+    pub config: Config,
+    pub params: ParamCount,
+    pub epochs_done: usize,
+    /// All `config.nepochs` epochs are done.
+    pub finished: bool,
+    /// Wall time of the whole run so far (data loading, training, testing, checkpoints),
+    /// summed over resumed sessions.
+    pub wall_seconds: f64,
+    /// Best correct test accuracy (percent) and its epoch.
+    pub best_test_acc: Option<f64>,
+    pub best_epoch: Option<usize>,
+    /// Best accuracy the original code would have reported, and its epoch.
+    pub best_test_acc_reported: Option<f64>,
+    pub best_reported_epoch: Option<usize>,
+    pub final_test_acc: Option<f64>,
+    pub final_test_acc_reported: Option<f64>,
+    pub updated: String,
 }
 
 impl RunDir {
@@ -49,10 +81,11 @@ impl RunDir {
     }
 
     pub fn write_run_info(&self, info: &RunInfo) -> Result<()> {
-        write_atomic(
-            &self.logs.join("config.json"),
-            serde_json::to_string_pretty(info)?.as_bytes(),
-        )
+        write_json(&self.logs.join(CONFIG_FILE), info)
+    }
+
+    pub fn write_summary(&self, summary: &RunSummaryFile) -> Result<()> {
+        write_json(&self.logs.join(SUMMARY_FILE), summary)
     }
 
     pub fn write_metrics(&self, history: &[EpochRecord]) -> Result<()> {
@@ -60,12 +93,16 @@ impl RunDir {
         for record in history {
             csv.serialize(record)?;
         }
-        write_atomic(&self.logs.join("metrics.csv"), &csv.into_inner()?)?;
+        write_atomic(&self.logs.join(METRICS_CSV), &csv.into_inner()?)?;
         let mut jsonl = String::new();
         for record in history {
             jsonl.push_str(&serde_json::to_string(record)?);
             jsonl.push('\n');
         }
-        write_atomic(&self.logs.join("metrics.jsonl"), jsonl.as_bytes())
+        write_atomic(&self.logs.join(METRICS_JSONL), jsonl.as_bytes())
     }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
 }

@@ -15,12 +15,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, FORMAT_VERSION, TrainState};
 use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy};
-use super::run_dir::{RunDir, RunInfo};
+use super::run_dir::{RunDir, RunInfo, RunSummaryFile};
 use super::{optim, schedule};
 use crate::config::Config;
 use crate::data::{self, Loader, Order};
 use crate::device::Backend;
 use crate::models::{self, Geometry, Net, ParamCount};
+use crate::provenance::Provenance;
 
 /// Where a run writes and what it resumes from.
 pub struct RunOptions {
@@ -51,6 +52,26 @@ impl RunSummary {
         self.best_by(|r| r.test_acc_reported)
     }
 
+    /// The `summary.json` of this run.
+    pub fn file(&self, provenance: &Provenance, config: &Config, wall_seconds: f64) -> RunSummaryFile {
+        let last = self.history.last();
+        RunSummaryFile {
+            provenance: provenance.clone(),
+            config: config.clone(),
+            params: self.params,
+            epochs_done: last.map_or(0, |r| r.epoch),
+            finished: last.is_some_and(|r| r.epoch >= config.nepochs),
+            wall_seconds,
+            best_test_acc: self.best().map(|b| b.0),
+            best_epoch: self.best().map(|b| b.1),
+            best_test_acc_reported: self.best_reported().map(|b| b.0),
+            best_reported_epoch: self.best_reported().map(|b| b.1),
+            final_test_acc: last.map(|r| r.test_acc),
+            final_test_acc_reported: last.map(|r| r.test_acc_reported),
+            updated: chrono::Local::now().to_rfc3339(),
+        }
+    }
+
     /// The highest value of `metric` over the epochs (the earliest epoch on ties).
     fn best_by(&self, metric: impl Fn(&EpochRecord) -> f64) -> Option<(f64, usize)> {
         self.history
@@ -68,7 +89,9 @@ macro_rules! say {
 }
 
 pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
+    let session_start = Instant::now();
     let backend = opts.backend.name.as_str();
+    let provenance = Provenance::this(backend);
     let device = opts.backend.device.clone().autodiff();
     // The seed decides the weights and the noise masks; each epoch reseeds from (seed, epoch).
     device.seed(config.manual_seed);
@@ -87,16 +110,24 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         epochs_done: 0,
         history: Vec::new(),
         reported: ReportedAccuracy::default(),
+        wall_seconds: 0.0,
     };
     let mut save = opts.save.clone();
     if let Some(dir) = &opts.resume {
         let saved = checkpoint::load_state(dir)?;
-        if saved.config.net_type != config.net_type {
+        let mismatches = config.resume_mismatches(&saved.config);
+        if !mismatches.is_empty() {
+            let saved_fields = saved.config.fields();
+            let now_fields = config.fields();
+            let list: Vec<String> = mismatches
+                .iter()
+                .map(|f| format!("{f}: {} then, {} now", saved_fields[f], now_fields[f]))
+                .collect();
             bail!(
-                "{} holds a {:?} model but --net-type is {:?}: resume with the flags the run was started with",
+                "{} was trained with other settings ({}): resume with the flags the run was started with \
+                 (only --nepochs, --dataroot and --nthreads may change)",
                 dir.display(),
-                saved.config.net_type,
-                config.net_type
+                list.join("; ")
             );
         }
         (model, optimizer) = checkpoint::load_into(dir, model, optimizer)?;
@@ -107,28 +138,29 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         state.epochs_done = saved.epochs_done;
         state.history = saved.history;
         state.reported = saved.reported;
+        state.wall_seconds = saved.wall_seconds;
         say!(opts, "Resumed from {} after epoch {}", dir.display(), state.epochs_done);
     }
     let run = RunDir::create(save.unwrap_or_else(RunDir::default_root), opts.logs.clone())?;
     run.write_run_info(&RunInfo {
-        pnn_version: env!("CARGO_PKG_VERSION"),
-        backend,
+        provenance: provenance.clone(),
         command: std::env::args().collect(),
         started: chrono::Local::now().to_rfc3339(),
-        config,
+        config: config.clone(),
     })?;
+    let wall_before = state.wall_seconds;
 
     say!(opts, "{}", params.model_size_line());
     say!(
         opts,
-        "Training {:?} on {} {:?} images{} from {} (read in {load_seconds:.1} s), testing on {} {:?} images, backend {backend}, run folder {}",
-        config.net_type,
+        "Training {} on {} {} images{} from {} (read in {load_seconds:.1} s), testing on {} {} images, backend {backend}, run folder {}",
+        Config::value_name(&config.net_type),
         data.train.len(),
-        config.dataset_train,
+        Config::value_name(&config.dataset_train),
         if data.augment { " (random crop and flip)" } else { "" },
         data.source,
         data.test.len(),
-        config.dataset_test,
+        Config::value_name(&config.dataset_test),
         run.root.display()
     );
 
@@ -194,11 +226,18 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         );
         state.history.push(record);
         state.epochs_done = epoch;
+        state.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
         run.write_metrics(&state.history)?;
         checkpoint::save(&run.checkpoint_last(), &model, &optimizer, &state)?;
         if improved {
             checkpoint::save(&run.checkpoint_best(), &model, &optimizer, &state)?;
         }
+        let so_far = RunSummary {
+            run_dir: run.root.clone(),
+            history: state.history.clone(),
+            params,
+        };
+        run.write_summary(&so_far.file(&provenance, config, state.wall_seconds))?;
     }
 
     let summary = RunSummary {
@@ -206,6 +245,8 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         history: state.history,
         params,
     };
+    state.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
+    run.write_summary(&summary.file(&provenance, config, state.wall_seconds))?;
     if opts.verbose {
         print_summary(&summary);
     }

@@ -1,7 +1,13 @@
 //! Helpers shared by the integration tests.
 
+#![allow(dead_code)] // each test file uses a part of them
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::path::Path;
+
+use pnn::data::cifar::{CifarKind, encode_records};
+use pnn::data::mnist::Split;
 
 /// A one-shot HTTP server on 127.0.0.1 serving `routes` (path -> body, declared length).
 pub fn serve(routes: Vec<(&'static str, Vec<u8>, usize)>, connections: usize) -> String {
@@ -28,4 +34,33 @@ pub fn serve(routes: Vec<(&'static str, Vec<u8>, usize)>, connections: usize) ->
         }
     });
     format!("http://{addr}")
+}
+
+/// A deterministic pixel value of image `i`, channel `c`, position `p`.
+pub fn pixel(i: usize, c: usize, p: usize) -> u8 {
+    ((i * 7 + c * 85 + p) % 256) as u8
+}
+
+/// `n` CIFAR-sized (3x32x32) images of `pixel` values, channel-major.
+pub fn images(n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| (0..3).flat_map(move |c| (0..1024).map(move |p| pixel(i, c, p))))
+        .collect()
+}
+
+/// A CIFAR-10 binary release (`data_batch_1..5.bin`, `test_batch.bin`) with `per_file` images each.
+pub fn write_cifar10_release(dir: &Path, per_file: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let files = CifarKind::Cifar10
+        .files(Split::Train)
+        .into_iter()
+        .chain(CifarKind::Cifar10.files(Split::Test));
+    for (f, name) in files.enumerate() {
+        let labels: Vec<u8> = (0..per_file).map(|i| ((i + f) % 10) as u8).collect();
+        std::fs::write(
+            dir.join(name),
+            encode_records(CifarKind::Cifar10, &labels, &images(per_file)),
+        )
+        .unwrap();
+    }
 }

@@ -1,0 +1,487 @@
+//! `pnn reproduce`: the reproduction's experiment table (the eight CIFAR-10 commands of
+//! michaelklachko/pnn.pytorch's README), run with the budget the user gives, over several
+//! seeds, then summarised as a table with the published figures beside the measured ones and
+//! as figures.
+//!
+//! Every run gets its own folder, `<out>/<experiment>/seed<k>`. Started again, a reproduce
+//! skips finished runs and resumes an unfinished one from its last checkpoint, so an
+//! interrupted table costs at most one epoch.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::plot;
+use super::recorded::RecordedRun;
+use super::stats::Stat;
+use super::table::{compare_csv, markdown_table, thousands};
+use crate::config::{Config, TrainArgs};
+use crate::device::Backend;
+use crate::train::checkpoint;
+use crate::train::files::write_atomic;
+use crate::train::run_dir::{RunSummaryFile, SUMMARY_FILE};
+use crate::train::{self, RunOptions};
+
+/// One command of the reproduction's table.
+#[derive(Debug, Clone, Copy)]
+pub struct Experiment {
+    /// Its number in the reproduction's README.
+    pub id: usize,
+    /// Folder name.
+    pub slug: &'static str,
+    pub title: &'static str,
+    /// The flags of the README's command, less the data set flags.
+    pub flags: &'static str,
+    /// Published correct test accuracy (percent), after 150 epochs on all of CIFAR-10.
+    pub published: f64,
+}
+
+/// The reproduction's README, experiments 1 to 8. Experiment 3 is "experiment 2 with
+/// `--first_filter_size 3`", written out.
+pub const EXPERIMENTS: [Experiment; 8] = [
+    Experiment {
+        id: 1,
+        slug: "1-resnet18-baseline",
+        title: "ResNet-18 baseline, 3x3 convolutions, 44 filters",
+        flags: "--net-type resnet18 --nfilters 44 --batch-size 10 --learning-rate 1e-3",
+        published: 91.8,
+    },
+    Experiment {
+        id: 2,
+        slug: "2-noiseresnet18-first7",
+        title: "original PNN model (noiseresnet18), 7x7 first layer",
+        flags: "--net-type noiseresnet18 --nfilters 128 --batch-size 10 --learning-rate 1e-4 --first_filter_size 7",
+        published: 85.7,
+    },
+    Experiment {
+        id: 3,
+        slug: "3-noiseresnet18-first3",
+        title: "original PNN model (noiseresnet18), 3x3 first layer",
+        flags: "--net-type noiseresnet18 --nfilters 128 --batch-size 10 --learning-rate 1e-4 --first_filter_size 3",
+        published: 86.2,
+    },
+    Experiment {
+        id: 4,
+        slug: "4-1x1-no-noise",
+        title: "3x3 first layer, 1x1 convolutions after, no noise",
+        flags: "--net-type perturb_resnet18 --nfilters 128 --batch-size 16 --learning-rate 1e-3 --first_filter_size 3 --filter_size 1",
+        published: 85.5,
+    },
+    Experiment {
+        id: 5,
+        slug: "5-noise-all-layers",
+        title: "PNN, noise in all layers (first included), 1 mask",
+        flags: "--net-type perturb_resnet18 --nfilters 128 --batch-size 16 --learning-rate 1e-3 --first_filter_size 0 --filter_size 0 --nmasks 1",
+        published: 72.6,
+    },
+    Experiment {
+        id: 6,
+        slug: "6-64-unique-masks-mix",
+        title: "PNN, 64 unique masks per channel, mix_maps",
+        flags: "--net-type perturb_resnet18 --nfilters 128 --batch-size 16 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --unique_masks --mix_maps",
+        published: 82.7,
+    },
+    Experiment {
+        id: 7,
+        slug: "7-64-shared-masks",
+        title: "PNN, 64 masks shared by all channels",
+        flags: "--net-type perturb_resnet18 --nfilters 128 --batch-size 16 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks",
+        published: 82.4,
+    },
+    Experiment {
+        id: 8,
+        slug: "8-64-shared-masks-trained",
+        title: "PNN, 64 shared masks, trained",
+        flags: "--net-type perturb_resnet18 --nfilters 128 --batch-size 16 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks --train_masks",
+        published: 85.9,
+    },
+];
+
+/// How much of the table to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Budget {
+    pub nepochs: usize,
+    pub train_subset: Option<usize>,
+    pub test_subset: Option<usize>,
+    /// Seeds 1..=seeds.
+    pub seeds: u64,
+}
+
+pub struct ReproduceOptions {
+    pub out: PathBuf,
+    pub dataroot: PathBuf,
+    pub download: bool,
+    pub budget: Budget,
+    /// Experiment numbers to run (all when empty).
+    pub only: Vec<usize>,
+    pub backend: Backend,
+    pub verbose: bool,
+}
+
+impl Experiment {
+    /// The experiment's configuration for one seed of the budget.
+    pub fn config(&self, opts: &ReproduceOptions, seed: u64) -> Result<Config> {
+        let mut flags: Vec<String> = self.flags.split_whitespace().map(String::from).collect();
+        flags.extend(["--dataset-train", "CIFAR10", "--dataset-test", "CIFAR10", "--dataroot"].map(String::from));
+        flags.push(opts.dataroot.display().to_string());
+        flags.extend(["--nepochs".into(), opts.budget.nepochs.to_string()]);
+        flags.extend(["--manual-seed".into(), seed.to_string()]);
+        if let Some(n) = opts.budget.train_subset {
+            flags.extend(["--train-subset".into(), n.to_string()]);
+        }
+        if let Some(n) = opts.budget.test_subset {
+            flags.extend(["--test-subset".into(), n.to_string()]);
+        }
+        if !opts.download {
+            flags.push("--no-download".into());
+        }
+        TrainArgs::parse_flags(&flags)?.to_config()
+    }
+
+    pub fn run_dir(&self, out: &Path, seed: u64) -> PathBuf {
+        out.join(self.slug).join(format!("seed{seed}"))
+    }
+}
+
+/// What to do with one run folder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunStatus {
+    Finished,
+    /// Resume from this checkpoint folder.
+    Resume(PathBuf),
+    Fresh,
+}
+
+/// Decides whether a run folder holds a finished run of `config`, one to resume, or nothing
+/// usable. A folder holding a run of other settings is an error: its results are never
+/// overwritten.
+pub fn run_status(dir: &Path, config: &Config) -> Result<RunStatus> {
+    let other = |what: String| {
+        anyhow::anyhow!(
+            "{} holds a run with other settings ({what}): give reproduce another --out, or move that folder away",
+            dir.display()
+        )
+    };
+    let summary_path = dir.join(SUMMARY_FILE);
+    if summary_path.is_file() {
+        let text = std::fs::read_to_string(&summary_path)?;
+        let saved: RunSummaryFile = serde_json::from_str(&text)
+            .with_context(|| format!("{} is damaged: move that run folder away", summary_path.display()))?;
+        let mismatches = config.resume_mismatches(&saved.config);
+        if !mismatches.is_empty() {
+            return Err(other(format!("differs in {}", mismatches.join(", "))));
+        }
+        if saved.epochs_done > config.nepochs {
+            return Err(other(format!(
+                "{} epochs done, --nepochs {} asked",
+                saved.epochs_done, config.nepochs
+            )));
+        }
+        if saved.epochs_done == config.nepochs {
+            return Ok(RunStatus::Finished);
+        }
+    }
+    let last = dir.join("checkpoint-last");
+    if last.is_dir() {
+        let state = checkpoint::load_state(&last)?;
+        let mismatches = config.resume_mismatches(&state.config);
+        if !mismatches.is_empty() {
+            return Err(other(format!("differs in {}", mismatches.join(", "))));
+        }
+        return Ok(RunStatus::Resume(last));
+    }
+    Ok(RunStatus::Fresh)
+}
+
+/// Runs (or resumes, or skips) every selected experiment and seed, then writes the table and
+/// the figures. Returns the paths it wrote.
+pub fn run(opts: &ReproduceOptions) -> Result<Vec<PathBuf>> {
+    let selected = selected(&opts.only)?;
+    if opts.budget.seeds == 0 || opts.budget.nepochs == 0 {
+        bail!("--seeds and --nepochs must be at least 1");
+    }
+    // Validate every configuration before the first hour of training is spent.
+    let mut plan = Vec::new();
+    for exp in &selected {
+        for seed in 1..=opts.budget.seeds {
+            let config = exp
+                .config(opts, seed)
+                .with_context(|| format!("experiment {}", exp.id))?;
+            let dir = exp.run_dir(&opts.out, seed);
+            let status = run_status(&dir, &config)?;
+            plan.push((exp, seed, config, dir, status));
+        }
+    }
+    let total = plan.len();
+    let start = Instant::now();
+    for (i, (exp, seed, config, dir, status)) in plan.into_iter().enumerate() {
+        let head = format!("[{}/{total}] experiment {} ({}), seed {seed}", i + 1, exp.id, exp.title);
+        let resume = match status {
+            RunStatus::Finished => {
+                if opts.verbose {
+                    println!("{head}: finished before, skipped ({})", dir.display());
+                }
+                continue;
+            }
+            RunStatus::Resume(from) => Some(from),
+            RunStatus::Fresh => None,
+        };
+        if opts.verbose {
+            let how = if resume.is_some() { "resuming" } else { "starting" };
+            println!(
+                "\n{head}: {how}, {:.0} s into this reproduce",
+                start.elapsed().as_secs_f64()
+            );
+            println!("  pnn train {} (and the budget's flags)", exp.flags);
+        }
+        train::train(
+            &config,
+            RunOptions {
+                save: Some(dir.clone()),
+                logs: None,
+                resume,
+                backend: opts.backend.clone(),
+                verbose: opts.verbose,
+            },
+        )
+        .with_context(|| format!("experiment {} seed {seed} (run folder {})", exp.id, dir.display()))?;
+    }
+    write_report(opts, &selected)
+}
+
+fn selected(only: &[usize]) -> Result<Vec<Experiment>> {
+    if let Some(bad) = only.iter().find(|id| !(1..=EXPERIMENTS.len()).contains(id)) {
+        bail!("--only {bad}: the experiments are numbered 1 to {}", EXPERIMENTS.len());
+    }
+    Ok(EXPERIMENTS
+        .iter()
+        .filter(|e| only.is_empty() || only.contains(&e.id))
+        .copied()
+        .collect())
+}
+
+/// One line of the reproduction table: an experiment over its seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableRow {
+    pub id: usize,
+    pub experiment: String,
+    pub flags: String,
+    pub parameters: usize,
+    pub noise_values: usize,
+    pub published_correct: f64,
+    pub seeds: usize,
+    pub epochs: usize,
+    pub best_correct: Stat,
+    pub final_correct: Stat,
+    pub best_reported: Stat,
+    /// Best reported minus best correct, per seed.
+    pub reported_minus_correct: Stat,
+    pub seconds_per_epoch: Stat,
+    pub images_per_sec: Stat,
+}
+
+/// The table rows of the experiments whose runs are in `out`.
+pub fn table_rows(out: &Path, experiments: &[Experiment], seeds: u64) -> Result<Vec<(TableRow, Vec<RecordedRun>)>> {
+    let mut rows = Vec::new();
+    for exp in experiments {
+        let runs = (1..=seeds)
+            .map(|s| RecordedRun::load(&exp.run_dir(out, s)))
+            .collect::<Result<Vec<_>>>()?;
+        let stat = |f: &dyn Fn(&RecordedRun) -> f64| Stat::of(&runs.iter().map(f).collect::<Vec<_>>());
+        let first = &runs[0].summary;
+        rows.push((
+            TableRow {
+                id: exp.id,
+                experiment: exp.title.into(),
+                flags: exp.flags.into(),
+                parameters: first.params.regular,
+                noise_values: first.params.noise,
+                published_correct: exp.published,
+                seeds: runs.len(),
+                epochs: runs.iter().map(|r| r.history.len()).min().unwrap_or(0),
+                best_correct: stat(&|r| r.best_correct()),
+                final_correct: stat(&|r| r.last().test_acc),
+                best_reported: stat(&|r| r.best_reported()),
+                reported_minus_correct: stat(&|r| r.best_reported() - r.best_correct()),
+                seconds_per_epoch: stat(&|r| r.seconds_per_epoch()),
+                images_per_sec: stat(&|r| r.images_per_sec()),
+            },
+            runs,
+        ));
+    }
+    Ok(rows)
+}
+
+/// The Markdown report: budget, provenance, the table with the published figures beside.
+pub fn table_markdown(budget: &Budget, rows: &[TableRow], provenance: &[String], wall_seconds: f64) -> String {
+    let subset = |n: Option<usize>| n.map_or("all".to_string(), thousands);
+    let mut out = String::from("# The PNN reproduction's experiment table, measured by pnn\n\n");
+    out.push_str(&format!(
+        "Budget: {} epoch(s), {} training images, {} test images (CIFAR-10), seeds 1 to {}. \
+         Training wall time of the runs in this table: {:.0} s.\n\n",
+        budget.nepochs,
+        subset(budget.train_subset),
+        subset(budget.test_subset),
+        budget.seeds,
+        wall_seconds
+    ));
+    out.push_str(
+        "Published: the reproduction's correct test accuracy after 150 epochs on all of CIFAR-10. \
+         With a smaller budget the measured numbers are lower and not comparable in absolute terms; \
+         what carries over is the gap between the correct and the reported accuracy, and the cost of each model. \
+         Measured values are the mean ± standard deviation over seeds.\n\n",
+    );
+    let header = [
+        "#",
+        "experiment",
+        "parameters",
+        "noise values",
+        "published correct %",
+        "best correct %",
+        "final correct %",
+        "best reported %",
+        "reported - correct",
+        "s / epoch",
+        "images/s",
+    ];
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.experiment.clone(),
+                thousands(r.parameters),
+                thousands(r.noise_values),
+                format!("{:.1}", r.published_correct),
+                r.best_correct.show(2),
+                r.final_correct.show(2),
+                r.best_reported.show(2),
+                r.reported_minus_correct.show(2),
+                r.seconds_per_epoch.show(1),
+                r.images_per_sec.show(1),
+            ]
+        })
+        .collect();
+    out.push_str(&markdown_table(&header, &body));
+    out.push_str("\nCommands (each with `--dataset-train CIFAR10 --dataset-test CIFAR10` and the budget's flags):\n\n");
+    for r in rows {
+        out.push_str(&format!("{}. `pnn train {}`\n", r.id, r.flags));
+    }
+    out.push_str("\nMeasured with:\n");
+    for line in provenance {
+        out.push_str(&format!("- {line}\n"));
+    }
+    out
+}
+
+/// One row of `table.csv`: flattened means and standard deviations.
+#[derive(Serialize)]
+struct CsvRow<'a> {
+    id: usize,
+    experiment: &'a str,
+    flags: &'a str,
+    parameters: usize,
+    noise_values: usize,
+    published_correct: f64,
+    seeds: usize,
+    epochs: usize,
+    train_subset: Option<usize>,
+    test_subset: Option<usize>,
+    best_correct_mean: f64,
+    best_correct_std: Option<f64>,
+    final_correct_mean: f64,
+    final_correct_std: Option<f64>,
+    best_reported_mean: f64,
+    best_reported_std: Option<f64>,
+    reported_minus_correct_mean: f64,
+    reported_minus_correct_std: Option<f64>,
+    seconds_per_epoch_mean: f64,
+    images_per_sec_mean: f64,
+    provenance: &'a str,
+}
+
+fn write_report(opts: &ReproduceOptions, experiments: &[Experiment]) -> Result<Vec<PathBuf>> {
+    let rows = table_rows(&opts.out, experiments, opts.budget.seeds)?;
+    let all_runs: Vec<&RecordedRun> = rows.iter().flat_map(|(_, runs)| runs.iter()).collect();
+    let mut provenance: Vec<String> = all_runs.iter().map(|r| r.summary.provenance.line()).collect();
+    provenance.sort();
+    provenance.dedup();
+    let wall: f64 = all_runs.iter().map(|r| r.summary.wall_seconds).sum();
+    let table: Vec<TableRow> = rows.iter().map(|(row, _)| row.clone()).collect();
+
+    let mut written = Vec::new();
+    let md = opts.out.join("table.md");
+    write_atomic(&md, table_markdown(&opts.budget, &table, &provenance, wall).as_bytes())?;
+    written.push(md);
+
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    let prov = provenance.join(" / ");
+    for r in &table {
+        csv.serialize(CsvRow {
+            id: r.id,
+            experiment: &r.experiment,
+            flags: &r.flags,
+            parameters: r.parameters,
+            noise_values: r.noise_values,
+            published_correct: r.published_correct,
+            seeds: r.seeds,
+            epochs: r.epochs,
+            train_subset: opts.budget.train_subset,
+            test_subset: opts.budget.test_subset,
+            best_correct_mean: r.best_correct.mean,
+            best_correct_std: r.best_correct.std,
+            final_correct_mean: r.final_correct.mean,
+            final_correct_std: r.final_correct.std,
+            best_reported_mean: r.best_reported.mean,
+            best_reported_std: r.best_reported.std,
+            reported_minus_correct_mean: r.reported_minus_correct.mean,
+            reported_minus_correct_std: r.reported_minus_correct.std,
+            seconds_per_epoch_mean: r.seconds_per_epoch.mean,
+            images_per_sec_mean: r.images_per_sec.mean,
+            provenance: &prov,
+        })?;
+    }
+    let table_csv = opts.out.join("table.csv");
+    write_atomic(&table_csv, &csv.into_inner()?)?;
+    written.push(table_csv);
+    // Every run, with its full configuration: the table's numbers traced to their runs.
+    let owned: Vec<RecordedRun> = all_runs.iter().map(|r| (*r).clone()).collect();
+    let runs_csv = opts.out.join("runs.csv");
+    write_atomic(&runs_csv, &compare_csv(&owned)?)?;
+    written.push(runs_csv);
+
+    let figures = opts.out.join("figures");
+    // The original model's run, as in the reproduction's first figure; else the first run.
+    let showcase = rows
+        .iter()
+        .find(|(r, _)| r.id == 2)
+        .or(rows.first())
+        .map(|(_, runs)| &runs[0]);
+    if let Some(run) = showcase {
+        let fig = plot::reported_vs_correct(run);
+        written.extend(plot::save(&fig, &figures.join("reported-vs-correct"), &[run])?);
+    }
+    let group = |ids: &[usize]| -> Vec<(String, Vec<&RecordedRun>)> {
+        ids.iter()
+            .filter_map(|id| rows.iter().find(|(r, _)| r.id == *id))
+            .map(|(r, runs)| (format!("{}. {}", r.id, r.experiment), runs.iter().collect()))
+            .collect()
+    };
+    // The reproduction's second figure: baseline, 1x1 convolutions, 1x1 with noise.
+    let trio = group(&[1, 4, 3]);
+    if trio.len() >= 2 {
+        let fig = plot::groups_figure(
+            "Baseline vs 1x1 convolutions without and with noise masks",
+            &trio,
+            false,
+        );
+        let runs: Vec<&RecordedRun> = trio.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+        written.extend(plot::save(&fig, &figures.join("baseline-vs-1x1"), &runs)?);
+    }
+    let every = group(&experiments.iter().map(|e| e.id).collect::<Vec<_>>());
+    let fig = plot::groups_figure("The reproduction's experiments", &every, true);
+    written.extend(plot::save(&fig, &figures.join("all-experiments"), &all_runs)?);
+    Ok(written)
+}
