@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod classifier;
 pub mod conv;
 pub mod norm_conv;
 pub mod perturb;
@@ -9,6 +10,7 @@ pub mod pool;
 
 pub use activation::Activation;
 pub use batchnorm::BatchNorm;
+pub use classifier::ClassifierHead;
 pub use norm_conv::{ConvBn, global_average_pool};
 pub use perturb::{PerturbLayer, PerturbSpec};
 pub use pool::Pool;

@@ -2,13 +2,11 @@
 //! then two fully connected layers with BatchNorm1d and dropout, as the reproduction's CifarNet.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Tensor};
 
 use super::{Geometry, first_layer_spec, inner_layer_spec, layer_output_size, pool_output_size};
 use crate::config::Config;
-use crate::layer::conv::linear;
-use crate::layer::{Activation, BatchNorm, PerturbLayer, Pool};
+use crate::layer::{ClassifierHead, PerturbLayer, Pool};
 
 /// Hidden units of the first fully connected layer, as in the reference.
 const HIDDEN: usize = 256;
@@ -18,11 +16,7 @@ pub struct CifarNet {
     /// Six layers; pooling follows layers 2, 4 and 6.
     pub layers: Vec<PerturbLayer>,
     pub pool: Pool,
-    pub dropout: Dropout,
-    pub linear1: Linear,
-    pub batch_norm: BatchNorm,
-    pub act: Activation,
-    pub linear2: Linear,
+    pub head: ClassifierHead,
 }
 
 impl CifarNet {
@@ -48,11 +42,7 @@ impl CifarNet {
         CifarNet {
             layers,
             pool: Pool::new(config.pool_type, 3, 2, 1),
-            dropout: DropoutConfig::new(config.dropout).init(),
-            linear1: linear(nf * size * size, HIDDEN, device),
-            batch_norm: BatchNorm::new(HIDDEN, device),
-            act: Activation::new(config.act, device),
-            linear2: linear(HIDDEN, geometry.num_classes, device),
+            head: ClassifierHead::new(config, nf * size * size, HIDDEN, geometry.num_classes, device),
         }
     }
 
@@ -64,9 +54,6 @@ impl CifarNet {
                 x = self.pool.forward(x);
             }
         }
-        let x: Tensor<2> = x.flatten(1, 3);
-        let x = self.linear1.forward(self.dropout.forward(x));
-        let x = self.act.forward(self.batch_norm.forward(x));
-        self.linear2.forward(self.dropout.forward(x))
+        self.head.forward(x)
     }
 }

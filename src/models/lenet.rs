@@ -2,13 +2,11 @@
 //! connected layers with BatchNorm1d and dropout, as the reproduction's LeNet.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Tensor};
 
 use super::{Geometry, first_layer_spec, inner_layer_spec, layer_output_size, pool_output_size};
 use crate::config::Config;
-use crate::layer::conv::linear;
-use crate::layer::{Activation, BatchNorm, PerturbLayer, Pool};
+use crate::layer::{ClassifierHead, PerturbLayer, Pool};
 
 /// Hidden units of the first fully connected layer, as in the reference.
 const HIDDEN: usize = 128;
@@ -19,11 +17,7 @@ pub struct LeNet {
     pub layer2: PerturbLayer,
     pub layer3: PerturbLayer,
     pub pool: Pool,
-    pub dropout: Dropout,
-    pub linear1: Linear,
-    pub batch_norm: BatchNorm,
-    pub act: Activation,
-    pub linear2: Linear,
+    pub head: ClassifierHead,
 }
 
 impl LeNet {
@@ -43,11 +37,7 @@ impl LeNet {
             layer2,
             layer3,
             pool: Pool::new(config.pool_type, 3, 2, 1),
-            dropout: DropoutConfig::new(config.dropout).init(),
-            linear1: linear(nf * size * size, HIDDEN, device),
-            batch_norm: BatchNorm::new(HIDDEN, device),
-            act: Activation::new(config.act, device),
-            linear2: linear(HIDDEN, geometry.num_classes, device),
+            head: ClassifierHead::new(config, nf * size * size, HIDDEN, geometry.num_classes, device),
         }
     }
 
@@ -55,9 +45,6 @@ impl LeNet {
         let x = self.pool.forward(self.layer1.forward(x));
         let x = self.pool.forward(self.layer2.forward(x));
         let x = self.pool.forward(self.layer3.forward(x));
-        let x: Tensor<2> = x.flatten(1, 3);
-        let x = self.linear1.forward(self.dropout.forward(x));
-        let x = self.act.forward(self.batch_norm.forward(x));
-        self.linear2.forward(self.dropout.forward(x))
+        self.head.forward(x)
     }
 }

@@ -16,8 +16,9 @@ use super::metrics::{EpochRecord, ReportedAccuracy};
 use crate::config::Config;
 use crate::models::Net;
 
-/// Bumped whenever the checkpoint layout changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever the checkpoint layout changes (2: lenet and cifarnet keep their fully
+/// connected layers under `head`).
+pub const FORMAT_VERSION: u32 = 2;
 
 const MODEL_FILE: &str = "model.bpk";
 const OPTIMIZER_FILE: &str = "optimizer.bpk";
