@@ -11,6 +11,6 @@ pub mod pool;
 pub use activation::Activation;
 pub use batchnorm::BatchNorm;
 pub use classifier::ClassifierHead;
-pub use norm_conv::{ConvBn, global_average_pool};
+pub use norm_conv::{ConvBn, global_average_pool, projection_shortcut, residual_relu};
 pub use perturb::{PerturbLayer, PerturbSpec};
 pub use pool::Pool;

@@ -2,6 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::batchnorm::BatchNorm;
@@ -33,6 +34,21 @@ impl ConvBn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.bn.forward(self.conv.forward(x))
     }
+}
+
+/// The projection shortcut a ResNet block needs when it changes the map size or the width;
+/// `None` where the identity fits.
+pub fn projection_shortcut(in_planes: usize, planes: usize, stride: usize, device: &Device) -> Option<ConvBn> {
+    (stride != 1 || in_planes != planes).then(|| ConvBn::shortcut(in_planes, planes, stride, device))
+}
+
+/// The end of every ResNet block: `relu(y + shortcut(x))`.
+pub fn residual_relu(y: Tensor<4>, x: Tensor<4>, shortcut: &Option<ConvBn>) -> Tensor<4> {
+    let residual = match shortcut {
+        Some(s) => s.forward(x),
+        None => x,
+    };
+    relu(y + residual)
 }
 
 /// Average over each whole feature map: [N, C, H, W] -> [N, C].

@@ -12,7 +12,7 @@ use super::Geometry;
 use super::resnet::{BLOCKS_PER_STAGE, STAGES};
 use crate::config::{Config, PoolType};
 use crate::layer::conv::{ConvSpec, linear};
-use crate::layer::{BatchNorm, ConvBn, Pool, global_average_pool};
+use crate::layer::{BatchNorm, ConvBn, Pool, global_average_pool, projection_shortcut, residual_relu};
 
 /// The original NoiseLayer: y = Conv1x1(BN(ReLU(x + noise))), noise ~ U(-level, level) of the
 /// input's (C, H, W) shape. The reference draws it on the first forward pass; it depends only on
@@ -61,7 +61,7 @@ impl NoiseBasicBlock {
             bn1: BatchNorm::new(planes, device),
             noise2: NoiseLayer::new(planes, planes, size / stride, level, device),
             bn2: BatchNorm::new(planes, device),
-            shortcut: (stride != 1 || in_planes != planes).then(|| ConvBn::shortcut(in_planes, planes, stride, device)),
+            shortcut: projection_shortcut(in_planes, planes, stride, device),
         }
     }
 
@@ -72,11 +72,7 @@ impl NoiseBasicBlock {
         }
         let y = relu(self.bn1.forward(y));
         let y = self.bn2.forward(self.noise2.forward(y));
-        let residual = match &self.shortcut {
-            Some(s) => s.forward(x),
-            None => x,
-        };
-        relu(y + residual)
+        residual_relu(y, x, &self.shortcut)
     }
 }
 

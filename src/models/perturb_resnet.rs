@@ -4,14 +4,13 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::resnet::{BLOCKS_PER_STAGE, STAGES};
 use super::{Geometry, first_layer_spec, inner_layer_spec, layer_output_size, pool_output_size};
 use crate::config::{Config, PoolType};
 use crate::layer::conv::linear;
-use crate::layer::{ConvBn, PerturbLayer, Pool, global_average_pool};
+use crate::layer::{ConvBn, PerturbLayer, Pool, global_average_pool, projection_shortcut, residual_relu};
 
 #[derive(Module, Debug)]
 pub struct PerturbBasicBlock {
@@ -29,11 +28,7 @@ impl PerturbBasicBlock {
             y = pool.forward(y);
         }
         let y = self.layer2.forward(y);
-        let residual = match &self.shortcut {
-            Some(s) => s.forward(x),
-            None => x,
-        };
-        relu(y + residual)
+        residual_relu(y, x, &self.shortcut)
     }
 }
 
@@ -69,8 +64,7 @@ impl PerturbResNet18 {
                     layer1,
                     pool: (stride > 1).then(|| Pool::new(config.pool_type, stride, stride, 0)),
                     layer2,
-                    shortcut: (stride != 1 || in_planes != planes)
-                        .then(|| ConvBn::shortcut(in_planes, planes, stride, device)),
+                    shortcut: projection_shortcut(in_planes, planes, stride, device),
                 });
                 in_planes = planes;
                 size = layer_output_size(after1, config.filter_size);

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 use super::Geometry;
 use crate::config::Config;
 use crate::layer::conv::{ConvSpec, linear};
-use crate::layer::{ConvBn, global_average_pool};
+use crate::layer::{ConvBn, global_average_pool, projection_shortcut, residual_relu};
 
 /// Channel multipliers and strides of the four stages.
 pub const STAGES: [(usize, usize); 4] = [(1, 1), (2, 2), (4, 2), (8, 2)];
@@ -28,18 +28,14 @@ impl BasicBlock {
         Self {
             conv1: conv3(in_planes, planes, stride),
             conv2: conv3(planes, planes, 1),
-            shortcut: (stride != 1 || in_planes != planes).then(|| ConvBn::shortcut(in_planes, planes, stride, device)),
+            shortcut: projection_shortcut(in_planes, planes, stride, device),
         }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = relu(self.conv1.forward(x.clone()));
         let y = self.conv2.forward(y);
-        let residual = match &self.shortcut {
-            Some(s) => s.forward(x),
-            None => x,
-        };
-        relu(y + residual)
+        residual_relu(y, x, &self.shortcut)
     }
 }
 
