@@ -99,6 +99,17 @@ impl Figure {
         Ok(vec![png, svg])
     }
 
+    /// Horizontal offsets of the curves. When every curve is a single point (a one-epoch
+    /// budget), the points and their error bars would sit on top of each other at one epoch:
+    /// they are spread side by side over +-0.35 epoch instead, in legend order.
+    fn dodge(&self) -> Vec<f64> {
+        let n = self.curves.len();
+        if n < 2 || self.curves.iter().any(|c| c.points.len() > 1) {
+            return vec![0.0; n];
+        }
+        (0..n).map(|i| -0.35 + 0.7 * i as f64 / (n - 1) as f64).collect()
+    }
+
     /// Axis ranges that hold every point and error bar, with a margin; accuracy stays in [0, 100].
     fn ranges(&self) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
         let points = self.curves.iter().flat_map(|c| c.points.iter());
@@ -139,16 +150,18 @@ impl Figure {
             .x_labels(epochs.min(12) + 1)
             .y_labels(10)
             .x_label_formatter(&|x| whole_number(*x))
-            .y_label_formatter(&|y| format!("{y:.0}"))
+            .y_label_formatter(&|y| tick_label(*y))
             .label_style((FAMILY, 15))
             .axis_desc_style((FAMILY, 17))
             .light_line_style(WHITE)
             .bold_line_style(RGBColor(225, 225, 225))
             .draw()?;
-        for curve in &self.curves {
+        let dodge = self.dodge();
+        for (i, curve) in self.curves.iter().enumerate() {
             let color = PALETTE[curve.color % PALETTE.len()];
             let line = color.stroke_width(2);
-            let xy: Vec<(f64, f64)> = curve.points.iter().map(|&(x, y, _)| (x, y)).collect();
+            let dx = dodge.get(i).copied().unwrap_or(0.0);
+            let xy: Vec<(f64, f64)> = curve.points.iter().map(|&(x, y, _)| (x + dx, y)).collect();
             if curve.dashed {
                 chart.draw_series(DashedLineSeries::new(xy.clone(), 9, 6, line))?;
                 chart.draw_series(xy.iter().map(|&p| TriangleMarker::new(p, 6, color.filled())))?;
@@ -157,7 +170,7 @@ impl Figure {
                 chart.draw_series(xy.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
             }
             chart.draw_series(curve.points.iter().filter_map(|&(x, y, s)| {
-                s.map(|s| ErrorBar::new_vertical(x, y - s, y, y + s, color.stroke_width(1), 10))
+                s.map(|s| ErrorBar::new_vertical(x + dx, y - s, y, y + s, color.stroke_width(1), 10))
             }))?;
         }
 
@@ -182,6 +195,16 @@ impl Figure {
             notes.draw(&Text::new(note.clone(), (16, 4 + i as i32 * NOTE_ROW as i32), style))?;
         }
         root.present()
+    }
+}
+
+/// Accuracy ticks: whole numbers, or one decimal where plotters picks half-point steps (a
+/// narrow range), so that no two ticks read the same.
+fn tick_label(y: f64) -> String {
+    if (y - y.round()).abs() < 1e-6 {
+        format!("{y:.0}")
+    } else {
+        format!("{y:.1}")
     }
 }
 

@@ -59,7 +59,7 @@ pub fn reported_vs_correct(run: &RecordedRun) -> Figure {
                 run.best_epoch(),
                 best_reported - best
             ),
-            describe_data(c),
+            describe_run(c),
             run.summary.provenance.line(),
         ],
     }
@@ -150,13 +150,22 @@ pub fn mean_per_epoch(
         .collect()
 }
 
+/// The data a run saw (shared by the runs of a comparison).
 fn describe_data(c: &Config) -> String {
     let subset = |n: Option<usize>| n.map_or("all".to_string(), |n| format!("{n}"));
     format!(
-        "Data: {} (training images: {}, test images: {}), batch {}, {} learning rate {}, seed {}.",
+        "Data: {} (training images: {}, test images: {}).",
         Config::value_name(&c.dataset_train),
         subset(c.train_subset),
         subset(c.test_subset),
+    )
+}
+
+/// The data and training settings of one run.
+fn describe_run(c: &Config) -> String {
+    format!(
+        "{} Batch {}, {} learning rate {}, seed {}.",
+        describe_data(c),
         c.batch_size,
         Config::value_name(&c.optim_method),
         c.learning_rate,
