@@ -4,6 +4,7 @@ pub mod activation;
 pub mod batchnorm;
 pub mod classifier;
 pub mod conv;
+pub mod fused;
 pub mod norm_conv;
 pub mod perturb;
 pub mod pool;

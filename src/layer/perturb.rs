@@ -14,6 +14,7 @@ use burn::tensor::{Device, Distribution, Tensor, s};
 use super::activation::Activation;
 use super::batchnorm::BatchNorm;
 use super::conv::ConvSpec;
+use super::fused::{self, FusedAct};
 use crate::config::{Act, NoiseType};
 
 /// Everything that decides the structure of one perturbation layer.
@@ -119,8 +120,31 @@ impl PerturbLayer {
             // Convolution layer: conv -> BatchNorm -> activation.
             return self.act.forward(self.bn.forward(self.conv.forward(x)));
         };
-        let [n, c, h, w] = x.dims();
         let noise = noise.val();
+        // The fused kernel where it applies (CPU backend, an activation it knows, no --debug
+        // printing of the perturbed maps, which it never stores); the composition elsewhere.
+        let y = match self.fused_act() {
+            Some(act) if !self.debug && fused::available(&x.device()) => self.combine_fused(x, noise, act),
+            _ => self.combine_unfused(x, noise),
+        };
+        let y = self.act.forward(self.bn.forward(y));
+        match &self.mix {
+            Some(mix) => self.act.forward(mix.bn.forward(mix.conv.forward(y))),
+            None => y,
+        }
+    }
+
+    /// The activation after the perturbation as the fused kernel knows it; `None` where the
+    /// kernel cannot run (PReLU, RReLU, no bias).
+    pub fn fused_act(&self) -> Option<FusedAct> {
+        self.conv.bias.as_ref()?;
+        FusedAct::of(self.act.kind, self.use_act)
+    }
+
+    /// `conv(act(x + level * noise))` as the reference writes it: the perturbed maps
+    /// [N, C, M, H, W] are materialised (and kept by autodiff for the backward pass).
+    pub fn combine_unfused(&self, x: Tensor<4>, noise: Tensor<5>) -> Tensor<4> {
+        let [n, c, h, w] = x.dims();
         let nmasks = noise.dims()[2];
         // [N, C, 1, H, W] + [1, C or 1, M, H, W] -> [N, C, M, H, W]
         let y = x.clone().unsqueeze_dim::<5>(2) + noise.clone().mul_scalar(self.level);
@@ -128,12 +152,13 @@ impl PerturbLayer {
             print_debug_values(&x, &noise, &y);
         }
         let y = if self.use_act { self.act.forward(y) } else { y };
-        let y = y.reshape([n, c * nmasks, h, w]);
-        let y = self.act.forward(self.bn.forward(self.conv.forward(y)));
-        match &self.mix {
-            Some(mix) => self.act.forward(mix.bn.forward(mix.conv.forward(y))),
-            None => y,
-        }
+        self.conv.forward(y.reshape([n, c * nmasks, h, w]))
+    }
+
+    /// The same as [`Self::combine_unfused`], computed by the fused kernel (CPU backend only).
+    pub fn combine_fused(&self, x: Tensor<4>, noise: Tensor<5>, act: FusedAct) -> Tensor<4> {
+        let bias = self.conv.bias.as_ref().expect("fused_act checks the bias").val();
+        fused::perturb_combine(x, noise, self.conv.weight.val(), bias, self.level as f32, act)
     }
 
     /// Number of noise mask values of this layer (0 for a convolution layer).
