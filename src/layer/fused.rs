@@ -217,13 +217,20 @@ fn dims(t: &FlexTensor) -> Vec<usize> {
     t.layout().shape().to_vec()
 }
 
-/// The values of `t`, contiguous, as f32.
-fn values(t: &FlexTensor) -> Vec<f32> {
+/// `t` laid out contiguously in f32: the same storage (a reference-count bump) when it already
+/// is, so the kernels read the operands in place.
+fn contiguous(t: &FlexTensor) -> FlexTensor {
     assert_eq!(t.dtype(), DType::F32, "the fused perturbation layer computes in f32");
-    match t.as_slice::<f32>() {
-        Some(s) => s.to_vec(),
-        None => t.to_contiguous().as_slice::<f32>().expect("contiguous f32").to_vec(),
+    if t.as_slice::<f32>().is_some() {
+        t.clone()
+    } else {
+        t.to_contiguous()
     }
+}
+
+/// The values of a tensor returned by [`contiguous`].
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 
 fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
@@ -401,12 +408,13 @@ fn forward_flex(
     act: u8,
 ) -> FlexTensor {
     let g = Geometry::of(&dims(x), &dims(noise), &dims(weight));
+    let (x, noise, weight, bias) = (contiguous(x), contiguous(noise), contiguous(weight), contiguous(bias));
     let out = forward_kernel(
         &g,
-        &values(x),
-        &values(noise),
-        &values(weight),
-        &values(bias),
+        values(&x),
+        values(&noise),
+        values(&weight),
+        values(&bias),
         level,
         FusedAct::from_code(act),
     );
@@ -439,14 +447,20 @@ impl Backward<Flex, 4> for PerturbCombineBackward {
         let (x, noise, weight, level, act) = ops.state;
         let (x_dims, noise_dims, weight_dims) = (dims(&x), dims(&noise), dims(&weight));
         let g = Geometry::of(&x_dims, &noise_dims, &weight_dims);
+        let (x, noise, weight, grad) = (
+            contiguous(&x),
+            contiguous(&noise),
+            contiguous(&weight),
+            contiguous(&grad),
+        );
         let d = backward_kernel(
             &g,
-            &values(&x),
-            &values(&noise),
-            &values(&weight),
+            values(&x),
+            values(&noise),
+            values(&weight),
             level,
             FusedAct::from_code(act),
-            &values(&grad),
+            values(&grad),
             node_noise.is_some(),
         );
         if let Some(node) = node_x {

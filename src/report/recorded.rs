@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::train::metrics::EpochRecord;
+use crate::train::metrics::{EpochRecord, best_by};
 use crate::train::run_dir::{METRICS_JSONL, RunSummaryFile, SUMMARY_FILE};
 
 #[derive(Debug, Clone)]
@@ -19,16 +19,13 @@ pub struct RecordedRun {
 
 impl RecordedRun {
     pub fn load(dir: &Path) -> Result<Self> {
-        let summary_path = dir.join(SUMMARY_FILE);
-        let text = fs::read_to_string(&summary_path).with_context(|| {
-            format!(
+        let summary = RunSummaryFile::load(dir)?.ok_or_else(|| {
+            anyhow::anyhow!(
                 "{} is not a finished pnn run folder: {SUMMARY_FILE} is missing \
                  (it is written after the first epoch; runs from pnn before 0.1's results issue lack it)",
                 dir.display()
             )
         })?;
-        let summary: RunSummaryFile = serde_json::from_str(&text)
-            .with_context(|| format!("{} is damaged or not a pnn run summary", summary_path.display()))?;
         let metrics_path = dir.join(METRICS_JSONL);
         let metrics = fs::read_to_string(&metrics_path)
             .with_context(|| format!("cannot read {} (the run's per-epoch metrics)", metrics_path.display()))?;
@@ -75,26 +72,26 @@ impl RecordedRun {
         self.history.last().expect("a recorded run has at least one epoch")
     }
 
-    /// Best correct test accuracy (percent).
-    pub fn best_correct(&self) -> f64 {
-        self.history
-            .iter()
-            .map(|r| r.test_acc)
-            .fold(f64::NEG_INFINITY, f64::max)
+    /// Best correct test accuracy (percent) and its epoch (the earliest on ties).
+    fn best(&self) -> (f64, usize) {
+        best_by(&self.history, |r| r.test_acc).expect("a recorded run has at least one epoch")
     }
 
-    /// Best accuracy the original code would have reported (percent).
-    pub fn best_reported(&self) -> f64 {
-        self.history
-            .iter()
-            .map(|r| r.test_acc_reported)
-            .fold(f64::NEG_INFINITY, f64::max)
+    /// Best correct test accuracy (percent).
+    pub fn best_correct(&self) -> f64 {
+        self.best().0
     }
 
     /// Epoch of the best correct accuracy (the earliest on ties).
     pub fn best_epoch(&self) -> usize {
-        let best = self.best_correct();
-        self.history.iter().find(|r| r.test_acc == best).map_or(0, |r| r.epoch)
+        self.best().1
+    }
+
+    /// Best accuracy the original code would have reported (percent).
+    pub fn best_reported(&self) -> f64 {
+        best_by(&self.history, |r| r.test_acc_reported)
+            .expect("a recorded run has at least one epoch")
+            .0
     }
 }
 

@@ -21,7 +21,7 @@ use crate::config::{Config, TrainArgs};
 use crate::device::Backend;
 use crate::train::checkpoint;
 use crate::train::files::write_atomic;
-use crate::train::run_dir::{RunSummaryFile, SUMMARY_FILE};
+use crate::train::run_dir::RunSummaryFile;
 use crate::train::{self, RunOptions};
 
 /// One command of the reproduction's table.
@@ -164,11 +164,7 @@ pub fn run_status(dir: &Path, config: &Config) -> Result<RunStatus> {
             dir.display()
         )
     };
-    let summary_path = dir.join(SUMMARY_FILE);
-    if summary_path.is_file() {
-        let text = std::fs::read_to_string(&summary_path)?;
-        let saved: RunSummaryFile = serde_json::from_str(&text)
-            .with_context(|| format!("{} is damaged: move that run folder away", summary_path.display()))?;
+    if let Some(saved) = RunSummaryFile::load(dir)? {
         let mismatches = config.resume_mismatches(&saved.config);
         if !mismatches.is_empty() {
             return Err(other(format!("differs in {}", mismatches.join(", "))));

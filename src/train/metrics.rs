@@ -78,3 +78,14 @@ pub struct EpochRecord {
     pub epoch_seconds: f64,
     pub train_images_per_sec: f64,
 }
+
+/// The highest value of `metric` over `history`, with its epoch (the earliest on ties).
+pub fn best_by(history: &[EpochRecord], metric: impl Fn(&EpochRecord) -> f64) -> Option<(f64, usize)> {
+    history
+        .iter()
+        .map(|r| (metric(r), r.epoch))
+        .fold(None, |best, (acc, ep)| match best {
+            Some((b, _)) if b >= acc => best,
+            _ => Some((acc, ep)),
+        })
+}

@@ -58,6 +58,24 @@ pub struct RunSummaryFile {
     pub updated: String,
 }
 
+impl RunSummaryFile {
+    /// Reads `dir/summary.json`: `None` when the run has none yet (no epoch finished).
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(SUMMARY_FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let summary = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is damaged or not a pnn run summary: move that run folder away",
+                path.display()
+            )
+        })?;
+        Ok(Some(summary))
+    }
+}
+
 impl RunDir {
     pub fn create(root: PathBuf, logs: Option<PathBuf>) -> Result<Self> {
         let logs = logs.unwrap_or_else(|| root.clone());

@@ -14,7 +14,7 @@ use burn::tensor::{Device, Int, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, FORMAT_VERSION, TrainState};
-use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy};
+use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy, best_by};
 use super::run_dir::{RunDir, RunInfo, RunSummaryFile};
 use super::{optim, schedule};
 use crate::config::Config;
@@ -44,17 +44,18 @@ pub struct RunSummary {
 impl RunSummary {
     /// Best correct test accuracy and its 1-based epoch.
     pub fn best(&self) -> Option<(f64, usize)> {
-        self.best_by(|r| r.test_acc)
+        best_by(&self.history, |r| r.test_acc)
     }
 
     /// Best accuracy the original code would have reported, and its epoch.
     pub fn best_reported(&self) -> Option<(f64, usize)> {
-        self.best_by(|r| r.test_acc_reported)
+        best_by(&self.history, |r| r.test_acc_reported)
     }
 
     /// The `summary.json` of this run.
     pub fn file(&self, provenance: &Provenance, config: &Config, wall_seconds: f64) -> RunSummaryFile {
         let last = self.history.last();
+        let (best, best_reported) = (self.best(), self.best_reported());
         RunSummaryFile {
             provenance: provenance.clone(),
             config: config.clone(),
@@ -62,25 +63,14 @@ impl RunSummary {
             epochs_done: last.map_or(0, |r| r.epoch),
             finished: last.is_some_and(|r| r.epoch >= config.nepochs),
             wall_seconds,
-            best_test_acc: self.best().map(|b| b.0),
-            best_epoch: self.best().map(|b| b.1),
-            best_test_acc_reported: self.best_reported().map(|b| b.0),
-            best_reported_epoch: self.best_reported().map(|b| b.1),
+            best_test_acc: best.map(|b| b.0),
+            best_epoch: best.map(|b| b.1),
+            best_test_acc_reported: best_reported.map(|b| b.0),
+            best_reported_epoch: best_reported.map(|b| b.1),
             final_test_acc: last.map(|r| r.test_acc),
             final_test_acc_reported: last.map(|r| r.test_acc_reported),
             updated: chrono::Local::now().to_rfc3339(),
         }
-    }
-
-    /// The highest value of `metric` over the epochs (the earliest epoch on ties).
-    fn best_by(&self, metric: impl Fn(&EpochRecord) -> f64) -> Option<(f64, usize)> {
-        self.history
-            .iter()
-            .map(|r| (metric(r), r.epoch))
-            .fold(None, |best, (acc, ep)| match best {
-                Some((b, _)) if b >= acc => best,
-                _ => Some((acc, ep)),
-            })
     }
 }
 
