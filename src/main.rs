@@ -12,6 +12,12 @@ use pnn::models::{self, Geometry, ParamCount};
 use pnn::report::reproduce::{self, Budget, ReproduceOptions};
 use pnn::report::{RecordedRun, find_runs, plot, table};
 use pnn::train::files::write_atomic;
+
+/// mimalloc keeps freed memory for reuse. With the system allocator every large tensor is a
+/// fresh mmap and its free a munmap, whose page faults and TLB shootdowns between the cores took
+/// a fifth of a lenet training step (perf); bench numbers before and after are in the README.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pnn::train::{self, RunOptions};
 
 #[derive(Parser)]

@@ -169,6 +169,36 @@ fn fused_kernel_matches_the_composition_for_every_activation() {
     }
 }
 
+/// Maps larger than one tile of the kernel (64 pixels) and not a multiple of it, batches split
+/// unevenly over threads, 64 masks: with and without an activation (the linear path).
+#[test]
+fn fused_kernel_matches_the_composition_across_tiles_and_threads() {
+    let cases = [
+        // (c_in, c_out, nmasks, unique, train_masks, use_act, size, batch)
+        (3, 6, 4, false, true, true, 9, 5),
+        (2, 4, 64, true, true, true, 11, 3),
+        (2, 2, 64, false, true, false, 11, 3),
+        (3, 6, 5, true, true, false, 9, 5),
+        (4, 4, 3, false, false, false, 13, 2),
+    ];
+    for (i, (c_in, c_out, nmasks, unique, train_masks, use_act, size, batch)) in cases.into_iter().enumerate() {
+        check(
+            Case {
+                c_in,
+                c_out,
+                nmasks,
+                unique,
+                train_masks,
+                act: Act::Relu,
+                use_act,
+                size,
+                batch,
+            },
+            30 + i as u64,
+        );
+    }
+}
+
 #[test]
 fn layers_without_a_fused_form_use_the_composition() {
     let device = Device::flex().autodiff();

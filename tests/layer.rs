@@ -298,3 +298,38 @@ fn convolution_layers_follow_the_reference_geometry() {
         assert_eq!(y.dims(), [1, 4, out_side, out_side], "output of the {k}x{k} layer");
     }
 }
+
+/// The 1x1 convolutions computed as a matrix product (`pnn::layer::conv::forward`) give what
+/// burn's convolution gives: output and the gradients of input, weight and bias, with and
+/// without a stride (odd map sizes included) and a bias.
+#[test]
+fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
+    use pnn::layer::conv::{self, ConvSpec};
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    for (c_in, c_out, stride, bias, size) in [(3, 5, 1, true, 6), (4, 6, 2, false, 7), (2, 3, 2, true, 8)] {
+        let layer = ConvSpec::new(c_in, c_out, 1).stride(stride).bias(bias).init(&device);
+        let x: Tensor<4> = Tensor::random([3, c_in, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let run = |pointwise: bool| {
+            let x = x.clone().require_grad();
+            let y = if pointwise { conv::forward(&layer, x.clone()) } else { layer.forward(x.clone()) };
+            let r = Tensor::<4>::ones(y.dims(), &device).cumsum(3).sin();
+            let grads = (y.clone() * r).sum().backward();
+            let mut out = vec![y.dims().to_vec().iter().map(|&d| d as f32).collect(), to_vec(y)];
+            out.push(to_vec(x.grad(&grads).unwrap()));
+            out.push(to_vec(layer.weight.grad(&grads).unwrap()));
+            if let Some(b) = &layer.bias {
+                out.push(to_vec(b.grad(&grads).unwrap()));
+            }
+            out
+        };
+        let (fast, reference) = (run(true), run(false));
+        assert_eq!(fast.len(), reference.len());
+        for (k, (a, b)) in fast.iter().zip(&reference).enumerate() {
+            assert_eq!(a.len(), b.len(), "stride {stride}, part {k}: lengths");
+            for (i, (p, q)) in a.iter().zip(b).enumerate() {
+                assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "stride {stride}, part {k}[{i}]: {p} vs {q}");
+            }
+        }
+    }
+}

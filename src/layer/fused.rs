@@ -5,8 +5,10 @@
 //!
 //! i.e. noise + activation + the (grouped) 1x1 convolution. The unfused composition stores the
 //! N x C x M x H x W perturbed maps (and their activation) for the backward pass: 33.5 MB per
-//! image per layer with 64 masks. Here they are computed sample by sample, group by group, into
-//! a small scratch buffer, and recomputed in the backward pass, so nothing of that size is kept.
+//! image per layer with 64 masks. Here they are computed a tile at a time into a small scratch
+//! buffer and recomputed in the backward pass, so nothing of that size is kept; without an
+//! activation they are not formed at all (the layer is then linear in x). The loops are in
+//! `fused_cpu.rs`; this file is the operation's place in burn.
 //!
 //! The backward pass is written by hand (burn's backend extension with an `Autodiff` node):
 //! gradients for x, the masks (when trainable), the weights and the bias. Activations with a
@@ -21,9 +23,9 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use rayon::prelude::*;
 
 use crate::config::Act;
+use crate::layer::fused_cpu::{self as kernels, Geometry, Operands, act};
 
 /// Activations the fused kernel computes (and differentiates) itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +39,6 @@ pub enum FusedAct {
     Tanh,
     Sigmoid,
 }
-
-const SELU_SCALE: f32 = 1.050_700_987_355_480_5;
-const SELU_ALPHA: f32 = 1.673_263_242_354_377_3;
-const LRELU_SLOPE: f32 = 0.01;
 
 impl FusedAct {
     /// The fused form of `act` (applied only if `use_act`); `None` for PReLU and RReLU.
@@ -74,75 +72,50 @@ impl FusedAct {
             Self::Sigmoid,
         ][code as usize]
     }
+}
 
-    #[inline(always)]
-    fn apply(self, v: f32) -> f32 {
-        match self {
-            Self::Identity => v,
-            Self::Relu => v.max(0.0),
-            Self::Lrelu => {
-                if v > 0.0 {
-                    v
-                } else {
-                    LRELU_SLOPE * v
-                }
+/// Runs `$body` with `$A` the activation type of `$act`: one compiled kernel per activation.
+macro_rules! with_activation {
+    ($act:expr, $A:ident => $body:expr) => {
+        match $act {
+            FusedAct::Identity => {
+                type $A = act::Identity;
+                $body
             }
-            Self::Elu => {
-                if v > 0.0 {
-                    v
-                } else {
-                    v.exp_m1()
-                }
+            FusedAct::Relu => {
+                type $A = act::Relu;
+                $body
             }
-            Self::Selu => {
-                if v > 0.0 {
-                    SELU_SCALE * v
-                } else {
-                    SELU_SCALE * SELU_ALPHA * v.exp_m1()
-                }
+            FusedAct::Lrelu => {
+                type $A = act::Lrelu;
+                $body
             }
-            Self::Tanh => v.tanh(),
-            Self::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+            FusedAct::Elu => {
+                type $A = act::Elu;
+                $body
+            }
+            FusedAct::Selu => {
+                type $A = act::Selu;
+                $body
+            }
+            FusedAct::Tanh => {
+                type $A = act::Tanh;
+                $body
+            }
+            FusedAct::Sigmoid => {
+                type $A = act::Sigmoid;
+                $body
+            }
         }
-    }
+    };
+}
 
-    /// d act / d v at `v`, given `a = act(v)`.
-    #[inline(always)]
-    fn derivative(self, v: f32, a: f32) -> f32 {
-        match self {
-            Self::Identity => 1.0,
-            Self::Relu => {
-                if v > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            Self::Lrelu => {
-                if v > 0.0 {
-                    1.0
-                } else {
-                    LRELU_SLOPE
-                }
-            }
-            Self::Elu => {
-                if v > 0.0 {
-                    1.0
-                } else {
-                    a + 1.0
-                }
-            }
-            Self::Selu => {
-                if v > 0.0 {
-                    SELU_SCALE
-                } else {
-                    a + SELU_SCALE * SELU_ALPHA
-                }
-            }
-            Self::Tanh => 1.0 - a * a,
-            Self::Sigmoid => a * (1.0 - a),
-        }
-    }
+/// Whether the linear path runs: no activation and whole channels per group, unless
+/// `PNN_FUSED_GENERAL=1` asks for the general kernel (to check one against the other).
+fn use_linear_path(act: FusedAct, g: &Geometry) -> bool {
+    static GENERAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let general = *GENERAL.get_or_init(|| std::env::var("PNN_FUSED_GENERAL").is_ok_and(|v| v == "1"));
+    act == FusedAct::Identity && !general && kernels::linear_applies(g)
 }
 
 #[backend_extension(Flex, Autodiff)]
@@ -157,60 +130,6 @@ pub trait PerturbOps: burn::backend::Backend {
         level: f32,
         act: u8,
     ) -> FloatTensor<Self>;
-}
-
-/// Sizes of one call, read off the operands' shapes.
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    n: usize,
-    c: usize,
-    hw: usize,
-    h: usize,
-    w: usize,
-    /// Masks per input channel.
-    m: usize,
-    /// Mask channels: C (unique masks) or 1 (shared).
-    noise_c: usize,
-    o: usize,
-    groups: usize,
-    /// Perturbed maps per group (the weight's second dimension).
-    kg: usize,
-    /// Outputs per group.
-    og: usize,
-}
-
-impl Geometry {
-    fn of(x: &[usize], noise: &[usize], weight: &[usize]) -> Self {
-        let [n, c, h, w] = [x[0], x[1], x[2], x[3]];
-        let (noise_c, m) = (noise[1], noise[2]);
-        let (o, kg) = (weight[0], weight[1]);
-        let groups = c * m / kg;
-        assert!(
-            noise[3] == h && noise[4] == w && (noise_c == c || noise_c == 1) && kg * groups == c * m && o % groups == 0,
-            "perturb_combine: inconsistent shapes x {x:?}, noise {noise:?}, weight {weight:?}"
-        );
-        Self {
-            n,
-            c,
-            hw: h * w,
-            h,
-            w,
-            m,
-            noise_c,
-            o,
-            groups,
-            kg,
-            og: o / groups,
-        }
-    }
-
-    /// Input channel and mask of perturbed map `k`, and the offset of that mask in `noise`.
-    #[inline(always)]
-    fn source(&self, k: usize) -> (usize, usize) {
-        let (c, m) = (k / self.m, k % self.m);
-        let noise_channel = if self.noise_c == 1 { 0 } else { c };
-        (c, (noise_channel * self.m + m) * self.hw)
-    }
 }
 
 fn dims(t: &FlexTensor) -> Vec<usize> {
@@ -237,168 +156,6 @@ fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// Fills `pre` and `post` (Kg x HW each) with the perturbed maps of group `group` of sample `n`,
-/// before and after the activation.
-#[allow(clippy::too_many_arguments)]
-fn perturb_group(
-    g: &Geometry,
-    x: &[f32],
-    noise: &[f32],
-    level: f32,
-    act: FusedAct,
-    n: usize,
-    group: usize,
-    pre: &mut [f32],
-    post: &mut [f32],
-) {
-    let hw = g.hw;
-    for j in 0..g.kg {
-        let (c, noise_at) = g.source(group * g.kg + j);
-        let xs = &x[(n * g.c + c) * hw..][..hw];
-        let ns = &noise[noise_at..][..hw];
-        let pre_j = &mut pre[j * hw..][..hw];
-        let post_j = &mut post[j * hw..][..hw];
-        for i in 0..hw {
-            let v = xs[i] + level * ns[i];
-            pre_j[i] = v;
-            post_j[i] = act.apply(v);
-        }
-    }
-}
-
-fn forward_kernel(
-    g: &Geometry,
-    x: &[f32],
-    noise: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    level: f32,
-    act: FusedAct,
-) -> Vec<f32> {
-    let hw = g.hw;
-    let mut out = vec![0f32; g.n * g.o * hw];
-    out.par_chunks_mut(g.o * hw).enumerate().for_each(|(n, out_n)| {
-        let mut pre = vec![0f32; g.kg * hw];
-        let mut post = vec![0f32; g.kg * hw];
-        for group in 0..g.groups {
-            perturb_group(g, x, noise, level, act, n, group, &mut pre, &mut post);
-            for oo in 0..g.og {
-                let o = group * g.og + oo;
-                let row = &mut out_n[o * hw..][..hw];
-                row.fill(bias[o]);
-                for (j, &wv) in weight[o * g.kg..][..g.kg].iter().enumerate() {
-                    for (r, p) in row.iter_mut().zip(&post[j * hw..][..hw]) {
-                        *r += wv * p;
-                    }
-                }
-            }
-        }
-    });
-    out
-}
-
-/// Gradients of one call: for x, the masks, the weights and the bias.
-struct Grads {
-    x: Vec<f32>,
-    noise: Vec<f32>,
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-/// Per-thread sums over samples of the parameter gradients.
-struct Partial {
-    noise: Vec<f32>,
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl Partial {
-    fn zeros(g: &Geometry, need_noise: bool) -> Self {
-        Self {
-            noise: vec![0.0; if need_noise { g.noise_c * g.m * g.hw } else { 0 }],
-            weight: vec![0.0; g.o * g.kg],
-            bias: vec![0.0; g.o],
-        }
-    }
-
-    fn add(mut self, other: Self) -> Self {
-        for (a, b) in [
-            (&mut self.noise, &other.noise),
-            (&mut self.weight, &other.weight),
-            (&mut self.bias, &other.bias),
-        ] {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x += y;
-            }
-        }
-        self
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward_kernel(
-    g: &Geometry,
-    x: &[f32],
-    noise: &[f32],
-    weight: &[f32],
-    level: f32,
-    act: FusedAct,
-    grad_out: &[f32],
-    need_noise: bool,
-) -> Grads {
-    let hw = g.hw;
-    let mut dx = vec![0f32; g.n * g.c * hw];
-    let partial = dx
-        .par_chunks_mut(g.c * hw)
-        .enumerate()
-        .fold(
-            || Partial::zeros(g, need_noise),
-            |mut acc, (n, dx_n)| {
-                let mut pre = vec![0f32; g.kg * hw];
-                let mut post = vec![0f32; g.kg * hw];
-                let mut dpost = vec![0f32; g.kg * hw];
-                for group in 0..g.groups {
-                    perturb_group(g, x, noise, level, act, n, group, &mut pre, &mut post);
-                    dpost.fill(0.0);
-                    for oo in 0..g.og {
-                        let o = group * g.og + oo;
-                        let go = &grad_out[(n * g.o + o) * hw..][..hw];
-                        acc.bias[o] += go.iter().sum::<f32>();
-                        for j in 0..g.kg {
-                            let p = &post[j * hw..][..hw];
-                            acc.weight[o * g.kg + j] += go.iter().zip(p).map(|(a, b)| a * b).sum::<f32>();
-                            let wv = weight[o * g.kg + j];
-                            for (d, gv) in dpost[j * hw..][..hw].iter_mut().zip(go) {
-                                *d += wv * gv;
-                            }
-                        }
-                    }
-                    // Through the activation to the perturbed input x + level * noise.
-                    for j in 0..g.kg {
-                        let (c, noise_at) = g.source(group * g.kg + j);
-                        let dx_c = &mut dx_n[c * hw..][..hw];
-                        for i in 0..hw {
-                            let k = j * hw + i;
-                            let d = dpost[k] * act.derivative(pre[k], post[k]);
-                            dx_c[i] += d;
-                            if need_noise {
-                                acc.noise[noise_at + i] += level * d;
-                            }
-                        }
-                    }
-                }
-                acc
-            },
-        )
-        .reduce(|| Partial::zeros(g, need_noise), Partial::add);
-    Grads {
-        x: dx,
-        noise: partial.noise,
-        weight: partial.weight,
-        bias: partial.bias,
-    }
-}
-
 fn forward_flex(
     x: &FlexTensor,
     noise: &FlexTensor,
@@ -409,15 +166,19 @@ fn forward_flex(
 ) -> FlexTensor {
     let g = Geometry::of(&dims(x), &dims(noise), &dims(weight));
     let (x, noise, weight, bias) = (contiguous(x), contiguous(noise), contiguous(weight), contiguous(bias));
-    let out = forward_kernel(
-        &g,
-        values(&x),
-        values(&noise),
-        values(&weight),
-        values(&bias),
+    let act = FusedAct::from_code(act);
+    let op = Operands {
+        g: &g,
+        x: values(&x),
+        noise: values(&noise),
+        weight: values(&weight),
         level,
-        FusedAct::from_code(act),
-    );
+    };
+    let out = if use_linear_path(act, &g) {
+        kernels::linear_forward(&op, values(&bias))
+    } else {
+        with_activation!(act, A => kernels::forward::<A>(&op, values(&bias)))
+    };
     tensor(out, vec![g.n, g.o, g.h, g.w])
 }
 
@@ -453,16 +214,20 @@ impl Backward<Flex, 4> for PerturbCombineBackward {
             contiguous(&weight),
             contiguous(&grad),
         );
-        let d = backward_kernel(
-            &g,
-            values(&x),
-            values(&noise),
-            values(&weight),
+        let act = FusedAct::from_code(act);
+        let op = Operands {
+            g: &g,
+            x: values(&x),
+            noise: values(&noise),
+            weight: values(&weight),
             level,
-            FusedAct::from_code(act),
-            values(&grad),
-            node_noise.is_some(),
-        );
+        };
+        let need_noise = node_noise.is_some();
+        let d = if use_linear_path(act, &g) {
+            kernels::linear_backward(&op, values(&grad), need_noise)
+        } else {
+            with_activation!(act, A => kernels::backward::<A>(&op, values(&grad), need_noise))
+        };
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, tensor(d.x, x_dims));
         }

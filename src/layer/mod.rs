@@ -5,6 +5,7 @@ pub mod batchnorm;
 pub mod classifier;
 pub mod conv;
 pub mod fused;
+pub mod fused_cpu;
 pub mod norm_conv;
 pub mod perturb;
 pub mod pool;

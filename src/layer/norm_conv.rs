@@ -6,7 +6,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::batchnorm::BatchNorm;
-use super::conv::ConvSpec;
+use super::conv::{self, ConvSpec};
 
 #[derive(Module, Debug)]
 pub struct ConvBn {
@@ -32,7 +32,7 @@ impl ConvBn {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        self.bn.forward(conv::forward(&self.conv, x))
     }
 }
 

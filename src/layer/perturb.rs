@@ -13,7 +13,7 @@ use burn::tensor::{Device, Distribution, Tensor, s};
 
 use super::activation::Activation;
 use super::batchnorm::BatchNorm;
-use super::conv::ConvSpec;
+use super::conv::{self, ConvSpec};
 use super::fused::{self, FusedAct};
 use crate::config::{Act, NoiseType};
 
@@ -118,7 +118,7 @@ impl PerturbLayer {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let Some(noise) = &self.noise else {
             // Convolution layer: conv -> BatchNorm -> activation.
-            return self.act.forward(self.bn.forward(self.conv.forward(x)));
+            return self.act.forward(self.bn.forward(conv::forward(&self.conv, x)));
         };
         let noise = noise.val();
         // The fused kernel where it pays: several masks per channel (with one mask the perturbed
@@ -134,7 +134,7 @@ impl PerturbLayer {
         };
         let y = self.act.forward(self.bn.forward(y));
         match &self.mix {
-            Some(mix) => self.act.forward(mix.bn.forward(mix.conv.forward(y))),
+            Some(mix) => self.act.forward(mix.bn.forward(conv::forward(&mix.conv, y))),
             None => y,
         }
     }
@@ -157,7 +157,7 @@ impl PerturbLayer {
             print_debug_values(&x, &noise, &y);
         }
         let y = if self.use_act { self.act.forward(y) } else { y };
-        self.conv.forward(y.reshape([n, c * nmasks, h, w]))
+        conv::forward(&self.conv, y.reshape([n, c * nmasks, h, w]))
     }
 
     /// The same as [`Self::combine_unfused`], computed by the fused kernel (CPU backend only).

@@ -11,7 +11,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use super::Geometry;
 use super::resnet::{BLOCKS_PER_STAGE, STAGES};
 use crate::config::{Config, PoolType};
-use crate::layer::conv::{ConvSpec, linear};
+use crate::layer::conv::{self, ConvSpec, linear};
 use crate::layer::{BatchNorm, ConvBn, Pool, global_average_pool, projection_shortcut, residual_relu};
 
 /// The original NoiseLayer: y = Conv1x1(BN(ReLU(x + noise))), noise ~ U(-level, level) of the
@@ -38,7 +38,7 @@ impl NoiseLayer {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = relu(x + self.noise_buffer.val());
-        self.conv.forward(self.bn.forward(y))
+        conv::forward(&self.conv, self.bn.forward(y))
     }
 }
 
