@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The fused perturbation kernel against the unfused composition, side by side in one run:
-# training-step images/s and peak memory of `pnn bench` for each command, with PNN_UNFUSED=1
-# (the composition) and without (the fused kernel), and their ratio.
+# The hand-written CPU kernels (the fused perturbation layer, the pointwise convolution) against
+# burn's composition, side by side in one run: training-step images/s and peak memory of
+# `pnn bench` for each command, with PNN_UNFUSED=1 (burn's operations) and without (the
+# kernels), and their ratio.
 #
 #   bench/fused.sh [batch-size] [steps]        (default: 16, 3)
 #
@@ -15,6 +16,8 @@ pnn=./target/release/pnn
 [ -x "$pnn" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 
 commands=(
+  "--net-type resnet18 --nfilters 44"
+  "--net-type noiseresnet18 --nfilters 128 --first_filter_size 3"
   "--net-type perturb_resnet18 --nfilters 128 --first_filter_size 0 --filter_size 0 --nmasks 1"
   "--net-type perturb_resnet18 --nfilters 128 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks"
   "--net-type perturb_resnet18 --nfilters 128 --first_filter_size 3 --filter_size 0 --nmasks 64 --unique_masks --mix_maps"

@@ -5,6 +5,9 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Distribution, Tensor, s};
 
+use super::fused;
+use super::pointwise::pointwise_conv;
+
 /// Geometry of one 2-D convolution.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvSpec {
@@ -83,19 +86,18 @@ pub fn linear(in_features: usize, out_features: usize, device: &Device) -> burn:
     burn::nn::LinearConfig::new(in_features, out_features).init(device)
 }
 
-/// `conv.forward(x)`, with 1x1 convolutions (ungrouped, no padding) computed as a matrix
-/// product on the CPU backend: flex's convolution takes 2-3x longer for them, forward and
-/// backward (`cargo run --release --example conv1x1`: 65-100 ms vs 20-38 ms for 16 x 128 x 32
-/// x 32, 128 outputs). A stride is taken by keeping every stride-th pixel first, which is
-/// what a 1x1 convolution with that stride computes.
+/// `conv.forward(x)`, with 1x1 convolutions (ungrouped, no padding) computed by the CPU
+/// backend's hand-written pointwise operation (`pointwise.rs`; `PNN_UNFUSED=1` turns it off
+/// with the fused layer): flex's convolution took 2-3x longer for them, forward and backward. A stride is taken by keeping every stride-th pixel
+/// first, which is what a 1x1 convolution with that stride computes.
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let [o, c_per_group, kh, kw] = conv.weight.dims();
+    let [o, _, kh, kw] = conv.weight.dims();
     let pointwise = kh == 1
         && kw == 1
         && conv.groups == 1
         && conv.dilation == [1, 1]
         && matches!(conv.padding, PaddingConfig2d::Explicit(0, 0, 0, 0) | PaddingConfig2d::Valid)
-        && x.device() == Device::flex();
+        && fused::available(&x.device());
     if !pointwise {
         return conv.forward(x);
     }
@@ -106,13 +108,9 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         x.slice(s![.., .., 0..h;sh as isize, 0..w;sw as isize])
     };
-    let [n, c, h, w] = x.dims();
-    debug_assert_eq!(c, c_per_group);
-    // [1, O, C] x [N, C, HW] -> [N, O, HW]
-    let y = conv.weight.val().reshape([1, o, c]).matmul(x.reshape([n, c, h * w]));
-    let y = match &conv.bias {
-        Some(b) => y + b.val().reshape([1, o, 1]),
+    let y = pointwise_conv(x, conv.weight.val());
+    match &conv.bias {
+        Some(b) => y + b.val().reshape([1, o, 1, 1]),
         None => y,
-    };
-    y.reshape([n, o, h, w])
+    }
 }

@@ -22,9 +22,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Dispatch, Flex, backend_extension};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 use crate::config::Act;
+use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
 use crate::layer::fused_cpu::{self as kernels, Geometry, Operands, act};
 
 /// Activations the fused kernel computes (and differentiates) itself.
@@ -130,30 +131,6 @@ pub trait PerturbOps: burn::backend::Backend {
         level: f32,
         act: u8,
     ) -> FloatTensor<Self>;
-}
-
-fn dims(t: &FlexTensor) -> Vec<usize> {
-    t.layout().shape().to_vec()
-}
-
-/// `t` laid out contiguously in f32: the same storage (a reference-count bump) when it already
-/// is, so the kernels read the operands in place.
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    assert_eq!(t.dtype(), DType::F32, "the fused perturbation layer computes in f32");
-    if t.as_slice::<f32>().is_some() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-/// The values of a tensor returned by [`contiguous`].
-fn values(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("a contiguous f32 tensor")
-}
-
-fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 fn forward_flex(
@@ -270,9 +247,10 @@ impl<C: CheckpointStrategy> PerturbOps for Autodiff<Flex, C> {
     }
 }
 
-/// Whether the fused kernel runs on this device: the CPU backend (GPU builds use the unfused
-/// composition), unless `PNN_UNFUSED=1` asks for the composition everywhere (to measure one
-/// against the other, or to rule the kernel out when chasing a problem).
+/// Whether the hand-written CPU kernels run on this device (the fused perturbation layer and
+/// the pointwise convolution): the CPU backend (GPU builds use burn's operations), unless
+/// `PNN_UNFUSED=1` asks for burn's composition everywhere (to measure one against the other,
+/// or to rule the kernels out when chasing a problem).
 pub fn available(device: &Device) -> bool {
     static UNFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let unfused = *UNFUSED.get_or_init(|| std::env::var("PNN_UNFUSED").is_ok_and(|v| v == "1"));

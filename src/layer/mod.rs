@@ -4,10 +4,12 @@ pub mod activation;
 pub mod batchnorm;
 pub mod classifier;
 pub mod conv;
+pub mod flex_tensor;
 pub mod fused;
 pub mod fused_cpu;
 pub mod norm_conv;
 pub mod perturb;
+pub mod pointwise;
 pub mod pool;
 
 pub use activation::Activation;
