@@ -333,3 +333,49 @@ fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
         }
     }
 }
+
+/// The CPU backend's BatchNorm (`batchnorm_cpu`) gives what burn's generic training-mode
+/// BatchNorm gives: output, batch mean and variance, and the gradients of input, gamma and
+/// beta, for 4-D maps and 2-D features.
+#[test]
+fn cpu_batchnorm_matches_burns_batchnorm() {
+    use pnn::layer::batchnorm_cpu;
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    fn check<const D: usize>(shape: [usize; D], device: &Device) {
+        let c = shape[1];
+        let x: Tensor<D> = Tensor::random(shape, Distribution::Normal(0.5, 2.0), device);
+        let gamma: Tensor<1> = Tensor::random([c], Distribution::Uniform(0.5, 1.5), device);
+        let beta: Tensor<1> = Tensor::random([c], Distribution::Normal(0.0, 1.0), device);
+        let r: Tensor<D> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), device);
+        let run = |cpu: bool| {
+            let (x, gamma, beta) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
+            let (y, mean, var) = if cpu {
+                let (y, m) = batchnorm_cpu::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+                (y, to_vec(m.clone().slice([0..1, 0..c])), to_vec(m.slice([1..2, 0..c])))
+            } else {
+                let t = burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+                (t.output, to_vec(t.mean), to_vec(t.variance))
+            };
+            let grads = (y.clone() * r.clone()).sum().backward();
+            vec![
+                to_vec(y),
+                mean,
+                var,
+                to_vec(x.grad(&grads).unwrap()),
+                to_vec(gamma.grad(&grads).unwrap()),
+                to_vec(beta.grad(&grads).unwrap()),
+            ]
+        };
+        let (cpu, generic) = (run(true), run(false));
+        for (k, (a, b)) in cpu.iter().zip(&generic).enumerate() {
+            assert_eq!(a.len(), b.len(), "{shape:?} part {k}: lengths");
+            for (i, (p, q)) in a.iter().zip(b).enumerate() {
+                assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{shape:?} part {k}[{i}]: {p} vs {q}");
+            }
+        }
+    }
+    check([4, 3, 5, 7], &device);
+    check([2, 6, 9, 9], &device);
+    check([5, 4], &device);
+}

@@ -6,7 +6,9 @@
 //! training, running statistics in evaluation.
 
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, s};
+
+use super::{batchnorm_cpu, fused};
 
 pub const BN_MOMENTUM: f64 = 0.1;
 pub const BN_EPSILON: f64 = 1e-5;
@@ -55,18 +57,25 @@ impl BatchNorm {
             .filter(|(i, _)| *i != 1)
             .map(|(_, d)| d)
             .product();
-        let result = burn::tensor::module::batch_norm_train(x, self.weight.val(), self.bias.val(), BN_EPSILON);
+        let (output, batch_mean, batch_var) = if fused::available(&x.device()) {
+            let (output, moments) = batchnorm_cpu::batch_norm_train(x, self.weight.val(), self.bias.val(), BN_EPSILON);
+            let [mean, variance] = [0, 1].map(|i| moments.clone().slice(s![i, ..]).reshape([-1]));
+            (output, mean, variance)
+        } else {
+            let result = burn::tensor::module::batch_norm_train(x, self.weight.val(), self.bias.val(), BN_EPSILON);
+            (result.output, result.mean, result.variance)
+        };
         let unbias = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };
         let mean = self.running_mean.value_sync();
         let var = self.running_var.value_sync();
         let mean = mean
             .mul_scalar(1.0 - BN_MOMENTUM)
-            .add(result.mean.detach().mul_scalar(BN_MOMENTUM));
+            .add(batch_mean.detach().mul_scalar(BN_MOMENTUM));
         let var = var
             .mul_scalar(1.0 - BN_MOMENTUM)
-            .add(result.variance.detach().mul_scalar(BN_MOMENTUM * unbias));
+            .add(batch_var.detach().mul_scalar(BN_MOMENTUM * unbias));
         self.running_mean.update(mean.detach());
         self.running_var.update(var.detach());
-        result.output
+        output
     }
 }

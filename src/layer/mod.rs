@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod batchnorm_cpu;
 pub mod classifier;
 pub mod conv;
 pub mod flex_tensor;
