@@ -379,3 +379,34 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
     check([2, 6, 9, 9], &device);
     check([5, 4], &device);
 }
+
+/// The CPU backend's max pooling (`maxpool_cpu`) gives what burn's gives, output and input
+/// gradient, for the windows the models use (3/2/1 and 2/2/0) on even and odd map sizes.
+#[test]
+fn cpu_max_pooling_matches_burns_max_pooling() {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::pool::MaxPool2dConfig;
+    use pnn::layer::maxpool_cpu;
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    for (k, s, pad, size) in [(3, 2, 1, 8), (3, 2, 1, 7), (2, 2, 0, 8), (2, 2, 0, 5), (3, 1, 1, 4)] {
+        let pool = MaxPool2dConfig::new([k, k])
+            .with_strides([s, s])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .init();
+        let x: Tensor<4> = Tensor::random([2, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let run = |cpu: bool| {
+            let x = x.clone().require_grad();
+            let y = if cpu { maxpool_cpu::max_pool2d(x.clone(), k, s, pad) } else { pool.forward(x.clone()) };
+            let r = Tensor::<4>::ones(y.dims(), &device).cumsum(3).cos();
+            let grads = (y.clone() * r).sum().backward();
+            (y.dims(), to_vec(y), to_vec(x.grad(&grads).unwrap()))
+        };
+        let (fast, reference) = (run(true), run(false));
+        assert_eq!(fast.0, reference.0, "window {k}/{s}/{pad} on {size}: shape");
+        assert_eq!(fast.1, reference.1, "window {k}/{s}/{pad} on {size}: values");
+        for (i, (a, b)) in fast.2.iter().zip(&reference.2).enumerate() {
+            assert!((a - b).abs() <= 1e-5, "window {k}/{s}/{pad} on {size}: gradient[{i}] {a} vs {b}");
+        }
+    }
+}

@@ -5,6 +5,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::tensor::Tensor;
 
+use super::{fused, maxpool_cpu};
 use crate::config::PoolType;
 
 #[derive(Module, Debug)]
@@ -36,8 +37,21 @@ impl Pool {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
-            Pool::Max(p) => p.forward(x),
+            Pool::Max(p) => match square_window(p) {
+                Some((k, s, pad)) if fused::available(&x.device()) => maxpool_cpu::max_pool2d(x, k, s, pad),
+                _ => p.forward(x),
+            },
             Pool::Avg(p) => p.forward(x),
         }
     }
+}
+
+/// (kernel, stride, padding) of a max pooling the CPU kernel computes: square, symmetric
+/// padding, no dilation, floor mode (every pooling the models build).
+fn square_window(p: &MaxPool2d) -> Option<(usize, usize, usize)> {
+    let [k, k2] = p.kernel_size;
+    let [s, s2] = p.stride;
+    let PaddingConfig2d::Explicit(a, b, c, d) = p.padding else { return None };
+    let plain = k == k2 && s == s2 && a == b && b == c && c == d && p.dilation == [1, 1] && !p.ceil_mode;
+    plain.then_some((k, s, a))
 }

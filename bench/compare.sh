@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# pnn against PyTorch, side by side in one run: for each command and batch size, PyTorch's
+# training step (bench/torch_bench.py: the same models, parameter counts checked equal) and then
+# pnn's (`pnn bench`), both with 2 threads on synthetic CIFAR-10 data; a Markdown table of
+# images/s and peak memory with the ratios pnn / PyTorch.
+#
+#   bench/compare.sh [--batch 16,64] [--steps 3] [--warmup 1] [--only 1,2,...] [--list]
+#
+# The commands are the reproduction's experiment table (1-8, as `pnn reproduce --list` prints
+# them, without their --batch-size) and cifarnet and lenet (9, 10). PyTorch is installed into a
+# virtual environment on first use: $PNN_TORCH_VENV, default bench/.venv (PyPI's torch wheel; it
+# runs on the CPU). A PyTorch run that would not fit in memory stops at 85% of RAM and is shown
+# as "out of memory". Build pnn first (cargo build --release), or the script builds it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+commands=(
+  "--net-type resnet18 --nfilters 44 --learning-rate 1e-3"
+  "--net-type noiseresnet18 --nfilters 128 --learning-rate 1e-4 --first_filter_size 7"
+  "--net-type noiseresnet18 --nfilters 128 --learning-rate 1e-4 --first_filter_size 3"
+  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 1"
+  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 0 --filter_size 0 --nmasks 1"
+  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --unique_masks --mix_maps"
+  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks"
+  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks --train_masks"
+  "--net-type cifarnet --nfilters 128 --first_filter_size 0 --filter_size 0"
+  "--net-type lenet --nfilters 128 --first_filter_size 0 --filter_size 0"
+)
+
+batches=16,64
+steps=3
+warmup=1
+only=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --batch) batches=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --list) for i in "${!commands[@]}"; do echo "$((i + 1)). ${commands[$i]}"; done; exit 0 ;;
+    *) echo "bench/compare.sh: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+
+venv=${PNN_TORCH_VENV:-bench/.venv}
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+  echo "installing PyTorch into $venv (once; a few GB from PyPI)" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet torch numpy >&2
+fi
+pnn=./target/release/pnn
+[ -x "$pnn" ] || cargo build --release >&2
+
+export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 RAYON_NUM_THREADS=2
+
+# "images/s MiB regular-parameters" from either program's output ("- - -" where it has none).
+parse() {
+  awk '/training step:/ {ips=$3} /peak memory:/ {mem=$3} /out of memory/ {oom=1}
+       /regular parameters/ {for (i=1;i<=NF;i++) if ($i=="regular") {p=$(i-1); gsub(/[(]/,"",p)}}
+       /parameters: / && /regular,/ {p=$2}
+       END {if (oom) ips="oom"; print (ips?ips:"-"), (mem?mem:"-"), (p?p:"-")}'
+}
+
+echo "# pnn vs PyTorch, training step on synthetic CIFAR-10 data, 2 threads"
+echo
+echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/2^20}' /proc/meminfo)"
+echo "- PyTorch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'); pnn $(git rev-parse --short HEAD)$(git diff --quiet || echo +modified) (burn flex)"
+echo "- median of $steps steps after $warmup warm-up, each PyTorch run followed at once by pnn's"
+echo
+echo "| # | command | batch | PyTorch images/s | pnn images/s | pnn / PyTorch | PyTorch MiB | pnn MiB | PyTorch / pnn memory | parameters |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+IFS=, read -ra batch_list <<< "$batches"
+for i in "${!commands[@]}"; do
+  id=$((i + 1))
+  if [ -n "$only" ] && ! [[ ",$only," == *",$id,"* ]]; then continue; fi
+  flags=${commands[$i]}
+  for b in "${batch_list[@]}"; do
+    # shellcheck disable=SC2086
+    t_out=$("$venv/bin/python" bench/torch_bench.py $flags --batch-size "$b" --steps "$steps" --warmup "$warmup" 2>&1) || {
+      rc=$?; [ $rc -eq 3 ] || { echo "PyTorch failed on #$id ($flags, batch $b):" >&2; echo "$t_out" >&2; exit 1; }; }
+    # shellcheck disable=SC2086
+    p_out=$("$pnn" bench $flags --batch-size "$b" --steps "$steps" --warmup "$warmup" 2>&1) || {
+      echo "pnn failed on #$id ($flags, batch $b):" >&2; echo "$p_out" >&2; exit 1; }
+    read -r t_ips t_mem t_par < <(parse <<< "$t_out")
+    read -r p_ips p_mem _ < <(parse <<< "$p_out")
+    p_par=$("$pnn" info $flags 2>/dev/null | sed -n 's/.*(\([0-9]*\) regular parameters.*/\1/p')
+    params="$p_par"
+    [ "$p_par" = "$t_par" ] || params="**MISMATCH: pnn $p_par, PyTorch $t_par**"
+    awk -v id="$id" -v f="$flags" -v b="$b" -v ti="$t_ips" -v pi="$p_ips" -v tm="$t_mem" -v pm="$p_mem" -v par="$params" 'BEGIN {
+      speed = (ti == "oom" || ti == "-") ? "-" : sprintf("%.2fx", pi / ti);
+      mem = (tm == "-" || ti == "oom") ? "-" : sprintf("%.1fx", tm / pm);
+      printf "| %s | `%s` | %s | %s | %.1f | %s | %s | %.0f | %s | %s |\n", id, f, b, (ti == "oom" ? "out of memory (" tm " MiB at the cap)" : ti), pi, speed, (ti == "oom" ? "-" : tm), pm, mem, par }'
+  done
+done
