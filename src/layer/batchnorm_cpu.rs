@@ -19,9 +19,11 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
+use crate::layer::lanes::{dot_centered, sum, sum_sq_dev};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait BatchNormOps: burn::backend::Backend {
@@ -38,7 +40,7 @@ pub trait BatchNormOps: burn::backend::Backend {
 }
 
 /// N samples, C channels, S values per sample and channel.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Sizes {
     n: usize,
     c: usize,
@@ -66,74 +68,79 @@ impl Sizes {
     }
 }
 
-/// Per channel (mean, biased variance), two passes in f64 so that large batches stay exact.
+/// Mean and biased variance of channel `c`: two passes, each run summed in f32 lanes and the
+/// runs in f64, so that large batches stay exact.
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+fn channel_moments(sz: Sizes, x: &[f32], c: usize) -> (f32, f32) {
+    let total: f64 = sz.runs(x, c).map(|r| sum(r) as f64).sum();
+    let mean = (total / sz.count()) as f32;
+    let sq: f64 = sz.runs(x, c).map(|r| sum_sq_dev(r, mean) as f64).sum();
+    (mean, (sq / sz.count()) as f32)
+}
+
 fn moments(sz: Sizes, x: &[f32]) -> Vec<(f32, f32)> {
-    (0..sz.c)
-        .into_par_iter()
-        .map(|c| {
-            let sum: f64 = sz.runs(x, c).map(|r| r.iter().map(|&v| v as f64).sum::<f64>()).sum();
-            let mean = sum / sz.count();
-            let sq: f64 = sz
-                .runs(x, c)
-                .map(|r| r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                .sum();
-            (mean as f32, (sq / sz.count()) as f32)
-        })
-        .collect()
+    (0..sz.c).into_par_iter().map(|c| channel_moments(sz, x, c)).collect()
+}
+
+/// `y = x * scale + shift`.
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+fn affine(y: &mut [f32], x: &[f32], scale: f32, shift: f32) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y = x * scale + shift;
+    }
 }
 
 fn forward_values(sz: Sizes, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
     let stats = moments(sz, x);
+    let run = sz.s.max(1);
     let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(sz.s.max(1)).zip(x.par_chunks(sz.s.max(1))).enumerate().for_each(|(i, (y, x))| {
+    y.par_chunks_mut(run).zip(x.par_chunks(run)).enumerate().for_each(|(i, (y, x))| {
         let c = i % sz.c;
         let (mean, var) = stats[c];
         let scale = gamma[c] / (var + eps).sqrt();
-        let shift = beta[c] - mean * scale;
-        for (y, x) in y.iter_mut().zip(x) {
-            *y = x * scale + shift;
-        }
+        affine(y, x, scale, beta[c] - mean * scale);
     });
     y
+}
+
+/// (sum dy, sum dy * xhat) over channel `c`.
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+fn channel_grad_sums(sz: Sizes, x: &[f32], dy: &[f32], c: usize, mean: f32, inv_std: f32) -> (f32, f32) {
+    let (mut sum_dy, mut sum_dy_centered) = (0f64, 0f64);
+    for (xr, dr) in sz.runs(x, c).zip(sz.runs(dy, c)) {
+        sum_dy += sum(dr) as f64;
+        sum_dy_centered += dot_centered(dr, xr, mean) as f64;
+    }
+    (sum_dy as f32, (sum_dy_centered * inv_std as f64) as f32)
+}
+
+/// `dx = k (dy - mean_dy - (x - mean) inv_std mean_dy_xhat)`.
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+#[allow(clippy::too_many_arguments)]
+fn input_grad(dx: &mut [f32], x: &[f32], dy: &[f32], k: f32, mean: f32, inv_std: f32, mean_dy: f32, mean_dy_xhat: f32) {
+    for ((dx, &xv), &d) in dx.iter_mut().zip(x).zip(dy) {
+        *dx = k * (d - mean_dy - (xv - mean) * inv_std * mean_dy_xhat);
+    }
 }
 
 /// (dx, dgamma, dbeta).
 fn backward_values(sz: Sizes, x: &[f32], gamma: &[f32], eps: f32, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let stats = moments(sz, x);
-    // Per channel: sum dy and sum dy * xhat.
+    let inv_std: Vec<f32> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
     let sums: Vec<(f32, f32)> = (0..sz.c)
         .into_par_iter()
-        .map(|c| {
-            let (mean, var) = stats[c];
-            let inv_std = 1.0 / (var + eps).sqrt();
-            let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
-            for (xr, dr) in sz.runs(x, c).zip(sz.runs(dy, c)) {
-                let (mut a, mut b) = (0f32, 0f32);
-                for (&xv, &d) in xr.iter().zip(dr) {
-                    a += d;
-                    b += d * (xv - mean) * inv_std;
-                }
-                sum_dy += a as f64;
-                sum_dy_xhat += b as f64;
-            }
-            (sum_dy as f32, sum_dy_xhat as f32)
-        })
+        .map(|c| channel_grad_sums(sz, x, dy, c, stats[c].0, inv_std[c]))
         .collect();
     let m = sz.count() as f32;
+    let run = sz.s.max(1);
     let mut dx = vec![0f32; x.len()];
-    dx.par_chunks_mut(sz.s.max(1))
-        .zip(x.par_chunks(sz.s.max(1)).zip(dy.par_chunks(sz.s.max(1))))
+    dx.par_chunks_mut(run)
+        .zip(x.par_chunks(run).zip(dy.par_chunks(run)))
         .enumerate()
         .for_each(|(i, (dx, (x, dy)))| {
             let c = i % sz.c;
-            let (mean, var) = stats[c];
-            let inv_std = 1.0 / (var + eps).sqrt();
             let (sum_dy, sum_dy_xhat) = sums[c];
-            let (k, mean_dy, mean_dy_xhat) = (gamma[c] * inv_std, sum_dy / m, sum_dy_xhat / m);
-            for ((dx, &xv), &d) in dx.iter_mut().zip(x).zip(dy) {
-                let xhat = (xv - mean) * inv_std;
-                *dx = k * (d - mean_dy - xhat * mean_dy_xhat);
-            }
+            input_grad(dx, x, dy, gamma[c] * inv_std[c], stats[c].0, inv_std[c], sum_dy / m, sum_dy_xhat / m);
         });
     let dgamma = sums.iter().map(|s| s.1).collect();
     let dbeta = sums.iter().map(|s| s.0).collect();

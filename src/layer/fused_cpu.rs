@@ -14,12 +14,12 @@
 //! [`linear_backward`] use that and never form the perturbed maps at all.
 
 use multiversion::multiversion;
+
+use super::lanes::{LANES, axpy, dot, sum};
 use rayon::prelude::*;
 
 /// Pixels per tile: Kg x TILE floats of perturbed maps (16 KiB for 64 masks) stay in cache.
 const TILE: usize = 64;
-/// Independent accumulators of a sum: enough for the compiler to fill SIMD registers.
-const LANES: usize = 16;
 
 /// Sizes of one call, read off the operands' shapes.
 #[derive(Debug, Clone, Copy)]
@@ -202,46 +202,6 @@ pub struct Grads {
     pub noise: Vec<f32>,
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Small vector helpers, inlined into the SIMD clones of the kernels.
-
-/// `a . b`, summed in LANES independent accumulators.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (ca, cb) in ac.zip(bc) {
-        for k in 0..LANES {
-            acc[k] += ca[k] * cb[k];
-        }
-    }
-    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// The sum of `a`, in LANES independent accumulators.
-#[inline(always)]
-fn sum(a: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let chunks = a.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for k in 0..LANES {
-            acc[k] += c[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `y += alpha * x`.
-#[inline(always)]
-fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += alpha * x;
-    }
 }
 
 /// Fills `pre` and `post` (Kg rows of TILE) with the perturbed maps of `group` over the pixels

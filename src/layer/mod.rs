@@ -8,6 +8,7 @@ pub mod conv;
 pub mod flex_tensor;
 pub mod fused;
 pub mod fused_cpu;
+pub mod lanes;
 pub mod maxpool_cpu;
 pub mod norm_conv;
 pub mod perturb;
