@@ -1,6 +1,6 @@
-use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use pnn::layer::conv::ConvSpec;
+use std::time::Instant;
 
 fn main() {
     let device = Device::flex().autodiff();

@@ -307,12 +307,23 @@ fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
     use pnn::layer::conv::{self, ConvSpec};
     let device = Device::flex().autodiff();
     device.seed(7);
-    for (c_in, c_out, stride, bias, size) in [(3, 5, 1, true, 6), (4, 6, 2, false, 7), (2, 3, 2, true, 8)] {
+    // Maps of at most 64 pixels take the batched path, larger ones the per-sample path.
+    for (c_in, c_out, stride, bias, size) in [
+        (3, 5, 1, true, 6),
+        (4, 6, 2, false, 7),
+        (2, 3, 2, true, 8),
+        (3, 5, 1, true, 9),
+        (4, 2, 2, false, 19),
+    ] {
         let layer = ConvSpec::new(c_in, c_out, 1).stride(stride).bias(bias).init(&device);
         let x: Tensor<4> = Tensor::random([3, c_in, size, size], Distribution::Normal(0.0, 1.0), &device);
         let run = |pointwise: bool| {
             let x = x.clone().require_grad();
-            let y = if pointwise { conv::forward(&layer, x.clone()) } else { layer.forward(x.clone()) };
+            let y = if pointwise {
+                conv::forward(&layer, x.clone())
+            } else {
+                layer.forward(x.clone())
+            };
             let r = Tensor::<4>::ones(y.dims(), &device).cumsum(3).sin();
             let grads = (y.clone() * r).sum().backward();
             let mut out = vec![y.dims().to_vec().iter().map(|&d| d as f32).collect(), to_vec(y)];
@@ -328,7 +339,10 @@ fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
         for (k, (a, b)) in fast.iter().zip(&reference).enumerate() {
             assert_eq!(a.len(), b.len(), "stride {stride}, part {k}: lengths");
             for (i, (p, q)) in a.iter().zip(b).enumerate() {
-                assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "stride {stride}, part {k}[{i}]: {p} vs {q}");
+                assert!(
+                    (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+                    "stride {stride}, part {k}[{i}]: {p} vs {q}"
+                );
             }
         }
     }
@@ -349,7 +363,11 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
         let beta: Tensor<1> = Tensor::random([c], Distribution::Normal(0.0, 1.0), device);
         let r: Tensor<D> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), device);
         let run = |cpu: bool| {
-            let (x, gamma, beta) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
+            let (x, gamma, beta) = (
+                x.clone().require_grad(),
+                gamma.clone().require_grad(),
+                beta.clone().require_grad(),
+            );
             let (y, mean, var) = if cpu {
                 let (y, m) = batchnorm_cpu::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
                 (y, to_vec(m.clone().slice([0..1, 0..c])), to_vec(m.slice([1..2, 0..c])))
@@ -371,7 +389,10 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
         for (k, (a, b)) in cpu.iter().zip(&generic).enumerate() {
             assert_eq!(a.len(), b.len(), "{shape:?} part {k}: lengths");
             for (i, (p, q)) in a.iter().zip(b).enumerate() {
-                assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{shape:?} part {k}[{i}]: {p} vs {q}");
+                assert!(
+                    (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+                    "{shape:?} part {k}[{i}]: {p} vs {q}"
+                );
             }
         }
     }
@@ -397,7 +418,11 @@ fn cpu_max_pooling_matches_burns_max_pooling() {
         let x: Tensor<4> = Tensor::random([2, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
         let run = |cpu: bool| {
             let x = x.clone().require_grad();
-            let y = if cpu { maxpool_cpu::max_pool2d(x.clone(), k, s, pad) } else { pool.forward(x.clone()) };
+            let y = if cpu {
+                maxpool_cpu::max_pool2d(x.clone(), k, s, pad)
+            } else {
+                pool.forward(x.clone())
+            };
             let r = Tensor::<4>::ones(y.dims(), &device).cumsum(3).cos();
             let grads = (y.clone() * r).sum().backward();
             (y.dims(), to_vec(y), to_vec(x.grad(&grads).unwrap()))
@@ -406,7 +431,10 @@ fn cpu_max_pooling_matches_burns_max_pooling() {
         assert_eq!(fast.0, reference.0, "window {k}/{s}/{pad} on {size}: shape");
         assert_eq!(fast.1, reference.1, "window {k}/{s}/{pad} on {size}: values");
         for (i, (a, b)) in fast.2.iter().zip(&reference.2).enumerate() {
-            assert!((a - b).abs() <= 1e-5, "window {k}/{s}/{pad} on {size}: gradient[{i}] {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-5,
+                "window {k}/{s}/{pad} on {size}: gradient[{i}] {a} vs {b}"
+            );
         }
     }
 }

@@ -94,12 +94,15 @@ fn forward_values(sz: Sizes, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -
     let stats = moments(sz, x);
     let run = sz.s.max(1);
     let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(run).zip(x.par_chunks(run)).enumerate().for_each(|(i, (y, x))| {
-        let c = i % sz.c;
-        let (mean, var) = stats[c];
-        let scale = gamma[c] / (var + eps).sqrt();
-        affine(y, x, scale, beta[c] - mean * scale);
-    });
+    y.par_chunks_mut(run)
+        .zip(x.par_chunks(run))
+        .enumerate()
+        .for_each(|(i, (y, x))| {
+            let c = i % sz.c;
+            let (mean, var) = stats[c];
+            let scale = gamma[c] / (var + eps).sqrt();
+            affine(y, x, scale, beta[c] - mean * scale);
+        });
     y
 }
 
@@ -140,7 +143,16 @@ fn backward_values(sz: Sizes, x: &[f32], gamma: &[f32], eps: f32, dy: &[f32]) ->
         .for_each(|(i, (dx, (x, dy)))| {
             let c = i % sz.c;
             let (sum_dy, sum_dy_xhat) = sums[c];
-            input_grad(dx, x, dy, gamma[c] * inv_std[c], stats[c].0, inv_std[c], sum_dy / m, sum_dy_xhat / m);
+            input_grad(
+                dx,
+                x,
+                dy,
+                gamma[c] * inv_std[c],
+                stats[c].0,
+                inv_std[c],
+                sum_dy / m,
+                sum_dy_xhat / m,
+            );
         });
     let dgamma = sums.iter().map(|s| s.1).collect();
     let dbeta = sums.iter().map(|s| s.0).collect();
@@ -151,7 +163,10 @@ fn forward_flex(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, eps: f32)
     let shape = dims(x);
     let sz = Sizes::of(&shape);
     let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-    tensor(forward_values(sz, values(&x), values(&gamma), values(&beta), eps), shape)
+    tensor(
+        forward_values(sz, values(&x), values(&gamma), values(&beta), eps),
+        shape,
+    )
 }
 
 fn moments_flex(x: &FlexTensor) -> FlexTensor {
@@ -220,7 +235,11 @@ impl<C: CheckpointStrategy> BatchNormOps for Autodiff<Flex, C> {
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful();
-        let (x, gamma, beta) = (x.primitive().clone(), gamma.primitive().clone(), beta.primitive().clone());
+        let (x, gamma, beta) = (
+            x.primitive().clone(),
+            gamma.primitive().clone(),
+            beta.primitive().clone(),
+        );
         let out = forward_flex(&x, &gamma, &beta, epsilon);
         match prep {
             OpsKind::Tracked(prep) => prep.finish((x, gamma, epsilon), out),

@@ -96,7 +96,10 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         && kw == 1
         && conv.groups == 1
         && conv.dilation == [1, 1]
-        && matches!(conv.padding, PaddingConfig2d::Explicit(0, 0, 0, 0) | PaddingConfig2d::Valid)
+        && matches!(
+            conv.padding,
+            PaddingConfig2d::Explicit(0, 0, 0, 0) | PaddingConfig2d::Valid
+        )
         && fused::available(&x.device());
     if !pointwise {
         return conv.forward(x);

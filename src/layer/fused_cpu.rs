@@ -49,11 +49,7 @@ impl Geometry {
         let (o, kg) = (weight[0], weight[1]);
         let groups = c * m / kg;
         assert!(
-            noise[3] == h
-                && noise[4] == w
-                && (noise_c == c || noise_c == 1)
-                && kg * groups == c * m
-                && o % groups == 0,
+            noise[3] == h && noise[4] == w && (noise_c == c || noise_c == 1) && kg * groups == c * m && o % groups == 0,
             "perturb_combine: inconsistent shapes x {x:?}, noise {noise:?}, weight {weight:?}"
         );
         Self {
@@ -157,11 +153,19 @@ pub mod act {
     impl Activation for Selu {
         #[inline(always)]
         fn apply(v: f32) -> f32 {
-            if v > 0.0 { SELU_SCALE * v } else { SELU_SCALE * SELU_ALPHA * v.exp_m1() }
+            if v > 0.0 {
+                SELU_SCALE * v
+            } else {
+                SELU_SCALE * SELU_ALPHA * v.exp_m1()
+            }
         }
         #[inline(always)]
         fn derivative(v: f32, a: f32) -> f32 {
-            if v > 0.0 { SELU_SCALE } else { a + SELU_SCALE * SELU_ALPHA }
+            if v > 0.0 {
+                SELU_SCALE
+            } else {
+                a + SELU_SCALE * SELU_ALPHA
+            }
         }
     }
     impl Activation for Tanh {
@@ -370,7 +374,11 @@ fn backward_sample<A: Activation>(
             // Through the activation to the perturbed input x + level * noise.
             for j in 0..g.kg {
                 let (c, noise_at) = g.source(group * g.kg + j);
-                let (pre_j, post_j, dpost_j) = (&pre[j * TILE..][..len], &post[j * TILE..][..len], &mut dpost[j * TILE..][..len]);
+                let (pre_j, post_j, dpost_j) = (
+                    &pre[j * TILE..][..len],
+                    &post[j * TILE..][..len],
+                    &mut dpost[j * TILE..][..len],
+                );
                 for ((d, &v), &a) in dpost_j.iter_mut().zip(pre_j).zip(post_j) {
                     *d *= A::derivative(v, a);
                 }
@@ -585,9 +593,18 @@ pub fn linear_backward(op: &Operands, grad_out: &[f32], need_noise: bool) -> Gra
             let group = o / g.og;
             for j in 0..g.kg {
                 let (_, noise_at) = g.source(group * g.kg + j);
-                axpy(&mut noise[noise_at..][..hw], op.level * op.weight[o * g.kg + j], &gsum[o * hw..][..hw]);
+                axpy(
+                    &mut noise[noise_at..][..hw],
+                    op.level * op.weight[o * g.kg + j],
+                    &gsum[o * hw..][..hw],
+                );
             }
         }
     }
-    Grads { x: dx, noise, weight, bias }
+    Grads {
+        x: dx,
+        noise,
+        weight,
+        bias,
+    }
 }

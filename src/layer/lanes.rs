@@ -63,7 +63,12 @@ pub fn sum_sq_dev(a: &[f32], c: f32) -> f32 {
 pub fn dot_centered(a: &[f32], b: &[f32], c: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * (y - c)).sum();
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * (y - c))
+        .sum();
     for (ca, cb) in ac.zip(bc) {
         for k in 0..LANES {
             acc[k] += ca[k] * (cb[k] - c);

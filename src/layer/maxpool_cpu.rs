@@ -99,7 +99,10 @@ fn backward_values(p: Planes, at: &[u32], dy: &[f32]) -> Vec<f32> {
     let plane_out = p.oh * p.ow;
     let mut dx = vec![0f32; p.count * p.h * p.w];
     dx.par_chunks_mut(p.h * p.w).enumerate().for_each(|(plane, dx)| {
-        let (at, dy) = (&at[plane * plane_out..][..plane_out], &dy[plane * plane_out..][..plane_out]);
+        let (at, dy) = (
+            &at[plane * plane_out..][..plane_out],
+            &dy[plane * plane_out..][..plane_out],
+        );
         for (&i, &g) in at.iter().zip(dy) {
             dx[i as usize] += g;
         }
@@ -117,7 +120,15 @@ fn forward_flex(x: &FlexTensor, win: Window) -> (FlexTensor, Vec<u32>, Planes) {
 
 impl MaxPoolOps for Flex {
     fn max_pool2d_square(x: FlexTensor, kernel: usize, stride: usize, padding: usize) -> FlexTensor {
-        forward_flex(&x, Window { kernel, stride, padding }).0
+        forward_flex(
+            &x,
+            Window {
+                kernel,
+                stride,
+                padding,
+            },
+        )
+        .0
     }
 }
 
@@ -142,7 +153,14 @@ impl<C: CheckpointStrategy> MaxPoolOps for Autodiff<Flex, C> {
     fn max_pool2d_square(x: FloatTensor<Self>, kernel: usize, stride: usize, padding: usize) -> FloatTensor<Self> {
         let prep = MaxPoolBackward.prepare::<C>([x.node()]).compute_bound().stateful();
         let shape = dims(x.primitive());
-        let (out, at, p) = forward_flex(x.primitive(), Window { kernel, stride, padding });
+        let (out, at, p) = forward_flex(
+            x.primitive(),
+            Window {
+                kernel,
+                stride,
+                padding,
+            },
+        );
         match prep {
             OpsKind::Tracked(prep) => prep.finish((std::sync::Arc::new(at), p, shape), out),
             OpsKind::UnTracked(prep) => prep.finish(out),

@@ -49,6 +49,25 @@ unsafe impl Sync for Mat {}
 /// # Safety
 /// `dst` must hold m x n floats, `a` and `b` must address m x k and k x n floats.
 unsafe fn matmul(dst: &mut [f32], accumulate: bool, m: usize, n: usize, k: usize, a: Mat, b: Mat) {
+    // SAFETY: passed on.
+    unsafe { matmul_with(dst, accumulate, m, n, k, a, b, Parallelism::None) }
+}
+
+/// [`matmul`] with gemm's own threading.
+///
+/// # Safety
+/// As [`matmul`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_with(
+    dst: &mut [f32],
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    par: Parallelism,
+) {
     debug_assert_eq!(dst.len(), m * n);
     // SAFETY: the shapes and strides are the caller's promise; gemm reads `a` and `b` and
     // writes `dst` within them.
@@ -72,7 +91,7 @@ unsafe fn matmul(dst: &mut [f32], accumulate: bool, m: usize, n: usize, k: usize
             false,
             false,
             false,
-            Parallelism::None,
+            par,
         )
     }
 }
@@ -101,7 +120,61 @@ impl Sizes {
     }
 }
 
+/// Maps of at most this many pixels are multiplied as one [K, N x HW] matrix: per sample the
+/// matrix product would be too thin (4 x 4 maps: 16 columns) and would pack the weights again
+/// for every sample.
+const SMALL_MAPS: usize = 64;
+
+fn row_major(ptr: *const f32, cols: usize) -> Mat {
+    Mat {
+        ptr,
+        rs: cols as isize,
+        cs: 1,
+    }
+}
+
+/// [N, K, HW] -> [K, N x HW].
+fn gather(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    out.par_chunks_mut(n * hw).enumerate().for_each(|(kk, row)| {
+        for (sample, dst) in row.chunks_mut(hw).enumerate() {
+            dst.copy_from_slice(&v[(sample * k + kk) * hw..][..hw]);
+        }
+    });
+    out
+}
+
+/// [K, N x HW] -> [N, K, HW].
+fn scatter(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    out.par_chunks_mut(k * hw).enumerate().for_each(|(sample, dst)| {
+        for (kk, d) in dst.chunks_mut(hw).enumerate() {
+            d.copy_from_slice(&v[kk * n * hw + sample * hw..][..hw]);
+        }
+    });
+    out
+}
+
 fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if s.hw <= SMALL_MAPS {
+        let cols = s.n * s.hw;
+        let x2 = gather(x, s.n, s.c, s.hw);
+        let mut y2 = vec![0f32; s.o * cols];
+        // SAFETY: y2 is O x (N HW), w O x C, x2 C x (N HW).
+        unsafe {
+            matmul_with(
+                &mut y2,
+                false,
+                s.o,
+                cols,
+                s.c,
+                row_major(w.as_ptr(), s.c),
+                row_major(x2.as_ptr(), cols),
+                Parallelism::Rayon(0),
+            )
+        };
+        return scatter(&y2, s.n, s.o, s.hw);
+    }
     let mut y = vec![0f32; s.n * s.o * s.hw];
     let weight = Mat {
         ptr: w.as_ptr(),
@@ -122,6 +195,9 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// (dx, dW) from dy.
 fn backward_values(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
+    if s.hw <= SMALL_MAPS {
+        return backward_small_maps(s, x, w, dy, need_x);
+    }
     let mut dx = vec![0f32; if need_x { s.n * s.c * s.hw } else { 0 }];
     if need_x {
         let weight_t = Mat {
@@ -170,10 +246,63 @@ fn backward_values(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> 
     (dx, dw)
 }
 
+/// The backward pass with the batch as one matrix (see [`SMALL_MAPS`]).
+fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
+    let cols = s.n * s.hw;
+    let dy2 = gather(dy, s.n, s.o, s.hw);
+    let x2 = gather(x, s.n, s.c, s.hw);
+    let dx = if need_x {
+        let mut dx2 = vec![0f32; s.c * cols];
+        let weight_t = Mat {
+            ptr: w.as_ptr(),
+            rs: 1,
+            cs: s.c as isize,
+        };
+        // SAFETY: dx2 is C x (N HW), W^T C x O, dy2 O x (N HW).
+        unsafe {
+            matmul_with(
+                &mut dx2,
+                false,
+                s.c,
+                cols,
+                s.o,
+                weight_t,
+                row_major(dy2.as_ptr(), cols),
+                Parallelism::Rayon(0),
+            )
+        };
+        scatter(&dx2, s.n, s.c, s.hw)
+    } else {
+        Vec::new()
+    };
+    let mut dw = vec![0f32; s.o * s.c];
+    let x2_t = Mat {
+        ptr: x2.as_ptr(),
+        rs: 1,
+        cs: cols as isize,
+    };
+    // SAFETY: dw is O x C, dy2 O x (N HW), x2^T (N HW) x C.
+    unsafe {
+        matmul_with(
+            &mut dw,
+            false,
+            s.o,
+            s.c,
+            cols,
+            row_major(dy2.as_ptr(), cols),
+            x2_t,
+            Parallelism::Rayon(0),
+        )
+    };
+    (dx, dw)
+}
+
 fn forward_flex(x: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
     let s = Sizes::of(&dims(x), &dims(weight));
     let (x, weight) = (contiguous(x), contiguous(weight));
-    let [_, _, h, w] = dims(&x)[..] else { unreachable!("checked by Sizes::of") };
+    let [_, _, h, w] = dims(&x)[..] else {
+        unreachable!("checked by Sizes::of")
+    };
     tensor(forward_values(s, values(&x), values(&weight)), vec![s.n, s.o, h, w])
 }
 

@@ -51,7 +51,9 @@ impl Pool {
 fn square_window(p: &MaxPool2d) -> Option<(usize, usize, usize)> {
     let [k, k2] = p.kernel_size;
     let [s, s2] = p.stride;
-    let PaddingConfig2d::Explicit(a, b, c, d) = p.padding else { return None };
+    let PaddingConfig2d::Explicit(a, b, c, d) = p.padding else {
+        return None;
+    };
     let plain = k == k2 && s == s2 && a == b && b == c && c == d && p.dilation == [1, 1] && !p.ceil_mode;
     plain.then_some((k, s, a))
 }
