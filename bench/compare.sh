@@ -53,11 +53,10 @@ pnn=./target/release/pnn
 
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 RAYON_NUM_THREADS=2
 
-# "images/s MiB regular-parameters" from either program's output ("- - -" where it has none).
+# "images/s MiB regular+noise-values" from either program's output ("-" where it has none).
 parse() {
   awk '/training step:/ {ips=$3} /peak memory:/ {mem=$3} /out of memory/ {oom=1}
-       /regular parameters/ {for (i=1;i<=NF;i++) if ($i=="regular") {p=$(i-1); gsub(/[(]/,"",p)}}
-       /parameters: / && /regular,/ {p=$2}
+       /parameters: / && /regular,/ {p=$2 "+" $4}
        END {if (oom) ips="oom"; print (ips?ips:"-"), (mem?mem:"-"), (p?p:"-")}'
 }
 
@@ -67,7 +66,7 @@ echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $
 echo "- PyTorch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'); pnn $(git rev-parse --short HEAD)$(git diff --quiet || echo +modified) (burn flex)"
 echo "- median of $steps steps after $warmup warm-up, each PyTorch run followed at once by pnn's"
 echo
-echo "| # | command | batch | PyTorch images/s | pnn images/s | pnn / PyTorch | PyTorch MiB | pnn MiB | PyTorch / pnn memory | parameters |"
+echo "| # | command | batch | PyTorch images/s | pnn images/s | pnn / PyTorch | PyTorch MiB | pnn MiB | PyTorch / pnn memory | parameters (regular + noise values) |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 IFS=, read -ra batch_list <<< "$batches"
 for i in "${!commands[@]}"; do
@@ -83,7 +82,7 @@ for i in "${!commands[@]}"; do
       echo "pnn failed on #$id ($flags, batch $b):" >&2; echo "$p_out" >&2; exit 1; }
     read -r t_ips t_mem t_par < <(parse <<< "$t_out")
     read -r p_ips p_mem _ < <(parse <<< "$p_out")
-    p_par=$("$pnn" info $flags 2>/dev/null | sed -n 's/.*(\([0-9]*\) regular parameters.*/\1/p')
+    p_par=$("$pnn" info $flags 2>/dev/null | sed -n 's/.*(\([0-9]*\) regular parameters, \([0-9]*\) noise mask values).*/\1+\2/p')
     params="$p_par"
     [ "$p_par" = "$t_par" ] || params="**MISMATCH: pnn $p_par, PyTorch $t_par**"
     awk -v id="$id" -v f="$flags" -v b="$b" -v ti="$t_ips" -v pi="$p_ips" -v tm="$t_mem" -v pm="$p_mem" -v par="$params" 'BEGIN {

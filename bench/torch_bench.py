@@ -82,7 +82,8 @@ class PerturbLayer(nn.Module):
             self.register_buffer("noise", noise)
         self.conv = nn.Conv2d(c_in * nmasks, c_out, 1, groups=c_in if nmasks > 1 else 1)
         if mix_maps:
-            self.mix = nn.Sequential(nn.Conv2d(c_out, c_out, 1), nn.BatchNorm2d(c_out), activation(act))
+            # The mixing step reuses the layer's activation (one PReLU slope per layer, as pnn).
+            self.mix = nn.ModuleDict({"conv": nn.Conv2d(c_out, c_out, 1), "bn": nn.BatchNorm2d(c_out)})
 
     def forward(self, x):
         if not self.perturbs:
@@ -92,7 +93,9 @@ class PerturbLayer(nn.Module):
         if self.use_act:
             y = self.act(y)
         y = self.act(self.bn(self.conv(y.reshape(n, -1, h, w))))
-        return self.mix(y) if self.mix is not None else y
+        if self.mix is None:
+            return y
+        return self.act(self.mix["bn"](self.mix["conv"](y)))
 
 
 def first_layer(a, c_in, size):
@@ -359,6 +362,8 @@ def run(a):
     noise_values = sum(b.numel() for n, b in model.named_buffers() if n.endswith("noise"))
     noise_values += sum(p.numel() for n, p in model.named_parameters() if n.endswith("noise"))
     regular = sum(p.numel() for n, p in model.named_parameters() if not n.endswith("noise"))
+    # Printed before training, so that a run that runs out of memory still names its model's size.
+    print(f"  parameters:    {regular} regular, {noise_values} noise mask values", flush=True)
     if a.optim == "SGD":
         nesterov = a.momentum != 0
         opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=a.momentum, dampening=0,
@@ -384,7 +389,6 @@ def run(a):
     print(f"{a.net_type} batch {a.batch_size} on cpu (PyTorch {torch.__version__}, {a.threads} threads):")
     print(f"  training step: {a.batch_size / median:.1f} images/s (median step {median * 1e3:.1f} ms over {a.steps} steps)")
     print(f"  peak memory:   {peak_rss_mib():.0f} MiB")
-    print(f"  parameters:    {regular} regular, {noise_values} noise mask values")
 
 
 if __name__ == "__main__":
