@@ -19,7 +19,11 @@ fn main() {
             .map(|_| {
                 let start = Instant::now();
                 let xg = x.clone().require_grad();
-                let y = if pointwise { conv::forward(&layer, xg.clone()) } else { layer.forward(xg.clone()) };
+                let y = if pointwise {
+                    conv::forward(&layer, xg.clone())
+                } else {
+                    layer.forward(xg.clone())
+                };
                 let grads = y.sum().backward();
                 let _ = xg.grad(&grads).expect("a gradient").into_data();
                 start.elapsed().as_secs_f64() * 1e3

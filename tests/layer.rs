@@ -438,3 +438,53 @@ fn cpu_max_pooling_matches_burns_max_pooling() {
         }
     }
 }
+
+/// The k x k convolutions computed by the CPU operation (`conv_cpu`, through
+/// `pnn::layer::conv::forward`) give what burn's convolution gives: output and the gradients of
+/// input, weight and bias, for the kernels, strides and paddings the models use, odd sizes too.
+#[test]
+fn cpu_convolution_matches_burns_convolution() {
+    use pnn::layer::conv::{self, ConvSpec};
+    let device = Device::flex().autodiff();
+    device.seed(13);
+    for (c_in, c_out, k, stride, pad, bias, size) in [
+        (3, 4, 3, 1, 1, false, 8),
+        (2, 3, 3, 2, 1, true, 9),
+        (3, 2, 7, 2, 3, false, 11),
+        (2, 2, 5, 1, 1, true, 7),
+    ] {
+        let layer = ConvSpec::new(c_in, c_out, k)
+            .stride(stride)
+            .padding(pad)
+            .bias(bias)
+            .init(&device);
+        let x: Tensor<4> = Tensor::random([3, c_in, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let run = |cpu: bool| {
+            let x = x.clone().require_grad();
+            let y = if cpu {
+                conv::forward(&layer, x.clone())
+            } else {
+                layer.forward(x.clone())
+            };
+            let r = Tensor::<4>::ones(y.dims(), &device).cumsum(3).sin();
+            let grads = (y.clone() * r).sum().backward();
+            let mut out = vec![y.dims().iter().map(|&d| d as f32).collect(), to_vec(y)];
+            out.push(to_vec(x.grad(&grads).unwrap()));
+            out.push(to_vec(layer.weight.grad(&grads).unwrap()));
+            if let Some(b) = &layer.bias {
+                out.push(to_vec(b.grad(&grads).unwrap()));
+            }
+            out
+        };
+        let (fast, reference) = (run(true), run(false));
+        for (part, (a, b)) in fast.iter().zip(&reference).enumerate() {
+            assert_eq!(a.len(), b.len(), "k {k} s {stride} p {pad}, part {part}: lengths");
+            for (i, (p, q)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+                    "k {k} s {stride} p {pad}, part {part}[{i}]: {p} vs {q}"
+                );
+            }
+        }
+    }
+}

@@ -5,8 +5,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Distribution, Tensor, s};
 
-use super::fused;
 use super::pointwise::pointwise_conv;
+use super::{conv_cpu, fused};
 
 /// Geometry of one 2-D convolution.
 #[derive(Debug, Clone, Copy)]
@@ -86,10 +86,11 @@ pub fn linear(in_features: usize, out_features: usize, device: &Device) -> burn:
     burn::nn::LinearConfig::new(in_features, out_features).init(device)
 }
 
-/// `conv.forward(x)`, with 1x1 convolutions (ungrouped, no padding) computed by the CPU
-/// backend's hand-written pointwise operation (`pointwise.rs`; `PNN_UNFUSED=1` turns it off
-/// with the fused layer): flex's convolution took 2-3x longer for them, forward and backward. A stride is taken by keeping every stride-th pixel
-/// first, which is what a 1x1 convolution with that stride computes.
+/// `conv.forward(x)`, computed on the CPU backend by pnn's own operations (`PNN_UNFUSED=1`
+/// turns them off): 1x1 convolutions by the pointwise operation (`pointwise.rs`; flex's
+/// convolution took 2-3x longer for them, forward and backward; a stride is taken by keeping
+/// every stride-th pixel first, which is what a 1x1 convolution with that stride computes), the
+/// other square ones by im2col and a strided matrix product (`conv_cpu.rs`).
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [o, _, kh, kw] = conv.weight.dims();
     let pointwise = kh == 1
@@ -102,7 +103,16 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         )
         && fused::available(&x.device());
     if !pointwise {
-        return conv.forward(x);
+        return match square_window(conv) {
+            Some((stride, padding)) if fused::available(&x.device()) => {
+                let y = conv_cpu::conv2d(x, conv.weight.val(), stride, padding);
+                match &conv.bias {
+                    Some(b) => y + b.val().reshape([1, o, 1, 1]),
+                    None => y,
+                }
+            }
+            _ => conv.forward(x),
+        };
     }
     let [sh, sw] = conv.stride;
     let x = if sh == 1 && sw == 1 {
@@ -116,4 +126,16 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         Some(b) => y + b.val().reshape([1, o, 1, 1]),
         None => y,
     }
+}
+
+/// (stride, padding) of a convolution the CPU operation computes: square kernel, ungrouped, no
+/// dilation, the same stride and padding on every side (every convolution the models build).
+fn square_window(conv: &Conv2d) -> Option<(usize, usize)> {
+    let [_, _, kh, kw] = conv.weight.dims();
+    let [sh, sw] = conv.stride;
+    let PaddingConfig2d::Explicit(a, b, c, d) = conv.padding else {
+        return None;
+    };
+    let plain = kh == kw && sh == sw && a == b && b == c && c == d && conv.groups == 1 && conv.dilation == [1, 1];
+    plain.then_some((sh, a))
 }

@@ -5,6 +5,7 @@ pub mod batchnorm;
 pub mod batchnorm_cpu;
 pub mod classifier;
 pub mod conv;
+pub mod conv_cpu;
 pub mod flex_tensor;
 pub mod fused;
 pub mod fused_cpu;

@@ -34,10 +34,10 @@ pub trait PointwiseOps: burn::backend::Backend {
 
 /// A row-major matrix view: element (r, c) at `ptr + r * rs + c * cs`.
 #[derive(Clone, Copy)]
-struct Mat {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
+pub(crate) struct Mat {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
 }
 
 // SAFETY: a Mat only addresses buffers that outlive the call that reads it, and is only read.
@@ -48,7 +48,7 @@ unsafe impl Sync for Mat {}
 ///
 /// # Safety
 /// `dst` must hold m x n floats, `a` and `b` must address m x k and k x n floats.
-unsafe fn matmul(dst: &mut [f32], accumulate: bool, m: usize, n: usize, k: usize, a: Mat, b: Mat) {
+pub(crate) unsafe fn matmul(dst: &mut [f32], accumulate: bool, m: usize, n: usize, k: usize, a: Mat, b: Mat) {
     // SAFETY: passed on.
     unsafe { matmul_with(dst, accumulate, m, n, k, a, b, Parallelism::None) }
 }

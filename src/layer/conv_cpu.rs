@@ -1,0 +1,267 @@
+//! The k x k convolution (ungrouped, no dilation) on the CPU backend as one operation with a
+//! hand-written backward: per sample, the input's patches are laid out as a matrix (im2col) and
+//! multiplied by the weights with the `gemm` crate, reading transposed operands through strides.
+//!
+//!   forward   y[n]    = W cols(x[n])                [O, OHW] = [O, CKK] [CKK, OHW]
+//!   backward  dW      = sum_n dy[n] cols(x[n])^T     patches rebuilt, not kept
+//!             dx[n]   = col2im(W^T dy[n])            each patch value added back to its pixel
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Dispatch, Flex, backend_extension};
+use burn::tensor::Tensor;
+use rayon::prelude::*;
+
+use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
+use crate::layer::pointwise::{Mat, matmul};
+
+#[backend_extension(Flex, Autodiff)]
+pub trait ConvOps: burn::backend::Backend {
+    /// x [N, C, H, W], weight [O, C, K, K] -> [N, O, OH, OW], without bias.
+    fn conv2d_square(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+}
+
+/// Sizes of one call.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    fn of(x: &[usize], weight: &[usize], stride: usize, padding: usize) -> Self {
+        assert!(
+            x.len() == 4 && weight.len() == 4 && weight[1] == x[1] && weight[2] == weight[3],
+            "conv2d: x {x:?} and weight {weight:?} are not a square ungrouped convolution"
+        );
+        let k = weight[2];
+        let out = |size: usize| (size + 2 * padding - k) / stride + 1;
+        Self {
+            n: x[0],
+            c: x[1],
+            h: x[2],
+            w: x[3],
+            o: weight[0],
+            k,
+            stride,
+            padding,
+            oh: out(x[2]),
+            ow: out(x[3]),
+        }
+    }
+
+    /// Rows of the patch matrix: C x K x K.
+    fn rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    /// Columns of the patch matrix: the output pixels.
+    fn cols(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Input coordinate of output coordinate `o` at kernel offset `i`, if inside the map.
+    #[inline(always)]
+    fn source(&self, o: usize, i: usize, size: usize) -> Option<usize> {
+        let v = (o * self.stride + i) as isize - self.padding as isize;
+        (v >= 0 && (v as usize) < size).then_some(v as usize)
+    }
+}
+
+/// The patch matrix of one sample: row (c, i, j), column (oy, ox) = x[c, oy s + i - p, ox s + j - p].
+fn im2col(g: &Geometry, x_n: &[f32], cols: &mut [f32]) {
+    for (row, dst) in cols.chunks_mut(g.cols()).enumerate() {
+        let (c, i, j) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
+        let plane = &x_n[c * g.h * g.w..][..g.h * g.w];
+        for oy in 0..g.oh {
+            let out = &mut dst[oy * g.ow..][..g.ow];
+            match g.source(oy, i, g.h) {
+                None => out.fill(0.0),
+                Some(iy) => {
+                    let src = &plane[iy * g.w..][..g.w];
+                    for (ox, v) in out.iter_mut().enumerate() {
+                        *v = g.source(ox, j, g.w).map_or(0.0, |ix| src[ix]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds each patch value back to the input pixel it came from.
+fn col2im(g: &Geometry, cols: &[f32], dx_n: &mut [f32]) {
+    for (row, src) in cols.chunks(g.cols()).enumerate() {
+        let (c, i, j) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
+        let plane = &mut dx_n[c * g.h * g.w..][..g.h * g.w];
+        for oy in 0..g.oh {
+            let Some(iy) = g.source(oy, i, g.h) else { continue };
+            let dst = &mut plane[iy * g.w..][..g.w];
+            for (ox, v) in src[oy * g.ow..][..g.ow].iter().enumerate() {
+                if let Some(ix) = g.source(ox, j, g.w) {
+                    dst[ix] += v;
+                }
+            }
+        }
+    }
+}
+
+fn row_major(ptr: *const f32, cols: usize) -> Mat {
+    Mat {
+        ptr,
+        rs: cols as isize,
+        cs: 1,
+    }
+}
+
+fn forward_values(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; g.n * g.o * g.cols()];
+    y.par_chunks_mut(g.o * g.cols()).enumerate().for_each_init(
+        || vec![0f32; g.rows() * g.cols()],
+        |cols, (n, y_n)| {
+            im2col(&g, &x[n * g.c * g.h * g.w..][..g.c * g.h * g.w], cols);
+            // SAFETY: y_n is O x OHW, w O x CKK, cols CKK x OHW.
+            unsafe {
+                matmul(
+                    y_n,
+                    false,
+                    g.o,
+                    g.cols(),
+                    g.rows(),
+                    row_major(w.as_ptr(), g.rows()),
+                    row_major(cols.as_ptr(), g.cols()),
+                )
+            };
+        },
+    );
+    y
+}
+
+/// (dx, dW).
+fn backward_values(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
+    let plane_in = g.c * g.h * g.w;
+    let plane_out = g.o * g.cols();
+    let block = g.n.div_ceil(rayon::current_num_threads()).max(1);
+    let mut dx = vec![0f32; g.n * plane_in];
+    let w_t = Mat {
+        ptr: w.as_ptr(),
+        rs: 1,
+        cs: g.rows() as isize,
+    };
+    let dw = dx
+        .par_chunks_mut(block * plane_in)
+        .enumerate()
+        .map(|(b, dx_block)| {
+            let mut dw = vec![0f32; g.o * g.rows()];
+            let mut cols = vec![0f32; g.rows() * g.cols()];
+            for (i, dx_n) in dx_block.chunks_mut(plane_in).enumerate() {
+                let n = b * block + i;
+                let dy_n = row_major(dy[n * plane_out..].as_ptr(), g.cols());
+                im2col(&g, &x[n * plane_in..][..plane_in], &mut cols);
+                let cols_t = Mat {
+                    ptr: cols.as_ptr(),
+                    rs: 1,
+                    cs: g.cols() as isize,
+                };
+                // SAFETY: dw is O x CKK, dy_n O x OHW, cols^T OHW x CKK.
+                unsafe { matmul(&mut dw, i > 0, g.o, g.rows(), g.cols(), dy_n, cols_t) };
+                if need_x {
+                    // SAFETY: cols is CKK x OHW, W^T CKK x O, dy_n O x OHW.
+                    unsafe { matmul(&mut cols, false, g.rows(), g.cols(), g.o, w_t, dy_n) };
+                    col2im(&g, &cols, dx_n);
+                }
+            }
+            dw
+        })
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; g.o * g.rows()]);
+    (if need_x { dx } else { Vec::new() }, dw)
+}
+
+fn forward_flex(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) -> FlexTensor {
+    let g = Geometry::of(&dims(x), &dims(weight), stride, padding);
+    let (x, weight) = (contiguous(x), contiguous(weight));
+    tensor(
+        forward_values(g, values(&x), values(&weight)),
+        vec![g.n, g.o, g.oh, g.ow],
+    )
+}
+
+impl ConvOps for Flex {
+    fn conv2d_square(x: FlexTensor, weight: FlexTensor, stride: usize, padding: usize) -> FlexTensor {
+        forward_flex(&x, &weight, stride, padding)
+    }
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 2> for ConvBackward {
+    type State = (FlexTensor, FlexTensor, usize, usize);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_weight] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (x, weight, stride, padding) = ops.state;
+        let (x_dims, weight_dims) = (dims(&x), dims(&weight));
+        let g = Geometry::of(&x_dims, &weight_dims, stride, padding);
+        let (x, weight) = (contiguous(&x), contiguous(&weight));
+        let (dx, dw) = backward_values(g, values(&x), values(&weight), values(&dy), node_x.is_some());
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(dx, x_dims));
+        }
+        if let Some(node) = node_weight {
+            grads.register::<Flex>(node.id, tensor(dw, weight_dims));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> ConvOps for Autodiff<Flex, C> {
+    fn conv2d_square(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        let prep = ConvBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful();
+        let (x, weight) = (x.primitive().clone(), weight.primitive().clone());
+        let out = forward_flex(&x, &weight, stride, padding);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish((x, weight, stride, padding), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
+
+/// A square k x k convolution without bias on the CPU backend (see `conv::forward`).
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as ConvOps>::conv2d_square(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        stride,
+        padding,
+    ))
+}
