@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The hand-written CPU kernels (the fused perturbation layer, the pointwise convolution) against
+# The hand-written CPU operations (fused perturbation layer, convolutions, BatchNorm, pooling) against
 # burn's composition, side by side in one run: training-step images/s and peak memory of
 # `pnn bench` for each command, with PNN_UNFUSED=1 (burn's operations) and without (the
 # kernels), and their ratio.
