@@ -123,14 +123,6 @@ fn col2im(g: &Geometry, cols: &[f32], dx_n: &mut [f32]) {
     }
 }
 
-fn row_major(ptr: *const f32, cols: usize) -> Mat {
-    Mat {
-        ptr,
-        rs: cols as isize,
-        cs: 1,
-    }
-}
-
 fn forward_values(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let mut y = vec![0f32; g.n * g.o * g.cols()];
     y.par_chunks_mut(g.o * g.cols()).enumerate().for_each_init(
@@ -145,8 +137,8 @@ fn forward_values(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                     g.o,
                     g.cols(),
                     g.rows(),
-                    row_major(w.as_ptr(), g.rows()),
-                    row_major(cols.as_ptr(), g.cols()),
+                    Mat::row_major(w.as_ptr(), g.rows()),
+                    Mat::row_major(cols.as_ptr(), g.cols()),
                 )
             };
         },
@@ -160,11 +152,7 @@ fn backward_values(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) 
     let plane_out = g.o * g.cols();
     let block = g.n.div_ceil(rayon::current_num_threads()).max(1);
     let mut dx = vec![0f32; g.n * plane_in];
-    let w_t = Mat {
-        ptr: w.as_ptr(),
-        rs: 1,
-        cs: g.rows() as isize,
-    };
+    let w_t = Mat::transposed(w.as_ptr(), g.rows());
     let dw = dx
         .par_chunks_mut(block * plane_in)
         .enumerate()
@@ -173,13 +161,9 @@ fn backward_values(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) 
             let mut cols = vec![0f32; g.rows() * g.cols()];
             for (i, dx_n) in dx_block.chunks_mut(plane_in).enumerate() {
                 let n = b * block + i;
-                let dy_n = row_major(dy[n * plane_out..].as_ptr(), g.cols());
+                let dy_n = Mat::row_major(dy[n * plane_out..].as_ptr(), g.cols());
                 im2col(&g, &x[n * plane_in..][..plane_in], &mut cols);
-                let cols_t = Mat {
-                    ptr: cols.as_ptr(),
-                    rs: 1,
-                    cs: g.cols() as isize,
-                };
+                let cols_t = Mat::transposed(cols.as_ptr(), g.cols());
                 // SAFETY: dw is O x CKK, dy_n O x OHW, cols^T OHW x CKK.
                 unsafe { matmul(&mut dw, i > 0, g.o, g.rows(), g.cols(), dy_n, cols_t) };
                 if need_x {

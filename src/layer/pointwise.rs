@@ -44,6 +44,26 @@ pub(crate) struct Mat {
 unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
 
+impl Mat {
+    /// A row-major matrix with `cols` columns, starting at `ptr`.
+    pub fn row_major(ptr: *const f32, cols: usize) -> Self {
+        Self {
+            ptr,
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns, read in place through strides.
+    pub fn transposed(ptr: *const f32, cols: usize) -> Self {
+        Self {
+            ptr,
+            rs: 1,
+            cs: cols as isize,
+        }
+    }
+}
+
 /// `dst (m x n, row-major) = [dst +] a (m x k) b (k x n)`, on this thread.
 ///
 /// # Safety
@@ -125,14 +145,6 @@ impl Sizes {
 /// for every sample.
 const SMALL_MAPS: usize = 64;
 
-fn row_major(ptr: *const f32, cols: usize) -> Mat {
-    Mat {
-        ptr,
-        rs: cols as isize,
-        cs: 1,
-    }
-}
-
 /// [N, K, HW] -> [K, N x HW].
 fn gather(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
     let mut out = vec![0f32; v.len()];
@@ -168,25 +180,17 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
                 s.o,
                 cols,
                 s.c,
-                row_major(w.as_ptr(), s.c),
-                row_major(x2.as_ptr(), cols),
+                Mat::row_major(w.as_ptr(), s.c),
+                Mat::row_major(x2.as_ptr(), cols),
                 Parallelism::Rayon(0),
             )
         };
         return scatter(&y2, s.n, s.o, s.hw);
     }
     let mut y = vec![0f32; s.n * s.o * s.hw];
-    let weight = Mat {
-        ptr: w.as_ptr(),
-        rs: s.c as isize,
-        cs: 1,
-    };
+    let weight = Mat::row_major(w.as_ptr(), s.c);
     y.par_chunks_mut(s.o * s.hw).enumerate().for_each(|(n, y_n)| {
-        let x_n = Mat {
-            ptr: x[n * s.c * s.hw..].as_ptr(),
-            rs: s.hw as isize,
-            cs: 1,
-        };
+        let x_n = Mat::row_major(x[n * s.c * s.hw..].as_ptr(), s.hw);
         // SAFETY: y_n is O x HW, weight O x C, x_n C x HW, all within their buffers.
         unsafe { matmul(y_n, false, s.o, s.hw, s.c, weight, x_n) };
     });
@@ -200,17 +204,9 @@ fn backward_values(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> 
     }
     let mut dx = vec![0f32; if need_x { s.n * s.c * s.hw } else { 0 }];
     if need_x {
-        let weight_t = Mat {
-            ptr: w.as_ptr(),
-            rs: 1,
-            cs: s.c as isize,
-        };
+        let weight_t = Mat::transposed(w.as_ptr(), s.c);
         dx.par_chunks_mut(s.c * s.hw).enumerate().for_each(|(n, dx_n)| {
-            let dy_n = Mat {
-                ptr: dy[n * s.o * s.hw..].as_ptr(),
-                rs: s.hw as isize,
-                cs: 1,
-            };
+            let dy_n = Mat::row_major(dy[n * s.o * s.hw..].as_ptr(), s.hw);
             // SAFETY: dx_n is C x HW, W^T C x O, dy_n O x HW.
             unsafe { matmul(dx_n, false, s.c, s.hw, s.o, weight_t, dy_n) };
         });
@@ -223,16 +219,8 @@ fn backward_values(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> 
         .map(|start| {
             let mut dw = vec![0f32; s.o * s.c];
             for n in start..(start + block).min(s.n) {
-                let dy_n = Mat {
-                    ptr: dy[n * s.o * s.hw..].as_ptr(),
-                    rs: s.hw as isize,
-                    cs: 1,
-                };
-                let x_n_t = Mat {
-                    ptr: x[n * s.c * s.hw..].as_ptr(),
-                    rs: 1,
-                    cs: s.hw as isize,
-                };
+                let dy_n = Mat::row_major(dy[n * s.o * s.hw..].as_ptr(), s.hw);
+                let x_n_t = Mat::transposed(x[n * s.c * s.hw..].as_ptr(), s.hw);
                 // SAFETY: dw is O x C, dy_n O x HW, x_n^T HW x C.
                 unsafe { matmul(&mut dw, n > start, s.o, s.c, s.hw, dy_n, x_n_t) };
             }
@@ -253,11 +241,7 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
     let x2 = gather(x, s.n, s.c, s.hw);
     let dx = if need_x {
         let mut dx2 = vec![0f32; s.c * cols];
-        let weight_t = Mat {
-            ptr: w.as_ptr(),
-            rs: 1,
-            cs: s.c as isize,
-        };
+        let weight_t = Mat::transposed(w.as_ptr(), s.c);
         // SAFETY: dx2 is C x (N HW), W^T C x O, dy2 O x (N HW).
         unsafe {
             matmul_with(
@@ -267,7 +251,7 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
                 cols,
                 s.o,
                 weight_t,
-                row_major(dy2.as_ptr(), cols),
+                Mat::row_major(dy2.as_ptr(), cols),
                 Parallelism::Rayon(0),
             )
         };
@@ -276,11 +260,7 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
         Vec::new()
     };
     let mut dw = vec![0f32; s.o * s.c];
-    let x2_t = Mat {
-        ptr: x2.as_ptr(),
-        rs: 1,
-        cs: cols as isize,
-    };
+    let x2_t = Mat::transposed(x2.as_ptr(), cols);
     // SAFETY: dw is O x C, dy2 O x (N HW), x2^T (N HW) x C.
     unsafe {
         matmul_with(
@@ -289,7 +269,7 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
             s.o,
             s.c,
             cols,
-            row_major(dy2.as_ptr(), cols),
+            Mat::row_major(dy2.as_ptr(), cols),
             x2_t,
             Parallelism::Rayon(0),
         )
