@@ -27,11 +27,14 @@ use crate::layer::lanes::{dot_centered, sum, sum_sq_dev};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait BatchNormOps: burn::backend::Backend {
-    /// Normalised with the batch's own statistics: x [N, C, ...], gamma and beta [C].
+    /// Normalised with the batch's own statistics: x [N, C, ...], gamma and beta [C], and
+    /// `moments` = `channel_moments(x)` (passed in so that they are computed once per step;
+    /// the backward pass differentiates through them itself).
     fn batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        moments: FloatTensor<Self>,
         epsilon: f32,
     ) -> FloatTensor<Self>;
 
@@ -90,8 +93,7 @@ fn affine(y: &mut [f32], x: &[f32], scale: f32, shift: f32) {
     }
 }
 
-fn forward_values(sz: Sizes, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
-    let stats = moments(sz, x);
+fn forward_values(sz: Sizes, x: &[f32], stats: &[(f32, f32)], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
     let run = sz.s.max(1);
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(run)
@@ -127,8 +129,14 @@ fn input_grad(dx: &mut [f32], x: &[f32], dy: &[f32], k: f32, mean: f32, inv_std:
 }
 
 /// (dx, dgamma, dbeta).
-fn backward_values(sz: Sizes, x: &[f32], gamma: &[f32], eps: f32, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let stats = moments(sz, x);
+fn backward_values(
+    sz: Sizes,
+    x: &[f32],
+    stats: &[(f32, f32)],
+    gamma: &[f32],
+    eps: f32,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let inv_std: Vec<f32> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
     let sums: Vec<(f32, f32)> = (0..sz.c)
         .into_par_iter()
@@ -159,12 +167,21 @@ fn backward_values(sz: Sizes, x: &[f32], gamma: &[f32], eps: f32, dy: &[f32]) ->
     (dx, dgamma, dbeta)
 }
 
-fn forward_flex(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, eps: f32) -> FlexTensor {
+/// The (mean, variance) pairs of a [2, C] moments tensor.
+fn unpack(moments: &FlexTensor) -> Vec<(f32, f32)> {
+    let m = contiguous(moments);
+    let v = values(&m);
+    let c = v.len() / 2;
+    (0..c).map(|i| (v[i], v[c + i])).collect()
+}
+
+fn forward_flex(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, moments: &FlexTensor, eps: f32) -> FlexTensor {
     let shape = dims(x);
     let sz = Sizes::of(&shape);
     let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+    let stats = unpack(moments);
     tensor(
-        forward_values(sz, values(&x), values(&gamma), values(&beta), eps),
+        forward_values(sz, values(&x), &stats, values(&gamma), values(&beta), eps),
         shape,
     )
 }
@@ -178,8 +195,14 @@ fn moments_flex(x: &FlexTensor) -> FlexTensor {
 }
 
 impl BatchNormOps for Flex {
-    fn batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f32) -> FlexTensor {
-        forward_flex(&x, &gamma, &beta, epsilon)
+    fn batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        moments: FlexTensor,
+        epsilon: f32,
+    ) -> FlexTensor {
+        forward_flex(&x, &gamma, &beta, &moments, epsilon)
     }
 
     fn channel_moments(x: FlexTensor) -> FlexTensor {
@@ -190,18 +213,20 @@ impl BatchNormOps for Flex {
 #[derive(Debug)]
 struct BatchNormBackward;
 
-impl Backward<Flex, 3> for BatchNormBackward {
-    /// x and gamma: the statistics are recomputed from x.
-    type State = (FlexTensor, FlexTensor, f32);
+impl Backward<Flex, 4> for BatchNormBackward {
+    /// x, gamma and the forward pass's moments.
+    type State = (FlexTensor, FlexTensor, FlexTensor, f32);
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        // The moments come from a detached x: they have no node of their own to feed.
+        let [node_x, node_gamma, node_beta, _] = ops.parents;
         let dy = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (x, gamma, eps) = ops.state;
+        let (x, gamma, moments, eps) = ops.state;
         let shape = dims(&x);
         let sz = Sizes::of(&shape);
         let (x, gamma) = (contiguous(&x), contiguous(&gamma));
-        let (dx, dgamma, dbeta) = backward_values(sz, values(&x), values(&gamma), eps, values(&dy));
+        let stats = unpack(&moments);
+        let (dx, dgamma, dbeta) = backward_values(sz, values(&x), &stats, values(&gamma), eps, values(&dy));
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, tensor(dx, shape));
         }
@@ -229,20 +254,22 @@ impl<C: CheckpointStrategy> BatchNormOps for Autodiff<Flex, C> {
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        moments: FloatTensor<Self>,
         epsilon: f32,
     ) -> FloatTensor<Self> {
         let prep = BatchNormBackward
-            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .prepare::<C>([x.node(), gamma.node(), beta.node(), moments.node()])
             .compute_bound()
             .stateful();
-        let (x, gamma, beta) = (
+        let (x, gamma, beta, moments) = (
             x.primitive().clone(),
             gamma.primitive().clone(),
             beta.primitive().clone(),
+            moments.primitive().clone(),
         );
-        let out = forward_flex(&x, &gamma, &beta, epsilon);
+        let out = forward_flex(&x, &gamma, &beta, &moments, epsilon);
         match prep {
-            OpsKind::Tracked(prep) => prep.finish((x, gamma, epsilon), out),
+            OpsKind::Tracked(prep) => prep.finish((x, gamma, moments, epsilon), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
@@ -268,6 +295,7 @@ pub fn batch_norm_train<const D: usize>(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
+        moments.clone().into_dispatch(),
         epsilon as f32,
     ));
     (out, moments)
