@@ -25,6 +25,21 @@ fn spec(nmasks: usize, unique: bool, train_masks: bool, act: Act) -> PerturbSpec
     }
 }
 
+/// Each part (output, then gradients) of a CPU operation equals burn's to float32 rounding:
+/// |a - b| <= 1e-4 (1 + |b|).
+fn assert_parts_close(fast: &[Vec<f32>], reference: &[Vec<f32>], what: &str) {
+    assert_eq!(fast.len(), reference.len(), "{what}: number of parts");
+    for (part, (a, b)) in fast.iter().zip(reference).enumerate() {
+        assert_eq!(a.len(), b.len(), "{what}, part {part}: lengths");
+        for (i, (p, q)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+                "{what}, part {part}[{i}]: {p} vs {q}"
+            );
+        }
+    }
+}
+
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
@@ -335,16 +350,7 @@ fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
             out
         };
         let (fast, reference) = (run(true), run(false));
-        assert_eq!(fast.len(), reference.len());
-        for (k, (a, b)) in fast.iter().zip(&reference).enumerate() {
-            assert_eq!(a.len(), b.len(), "stride {stride}, part {k}: lengths");
-            for (i, (p, q)) in a.iter().zip(b).enumerate() {
-                assert!(
-                    (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
-                    "stride {stride}, part {k}[{i}]: {p} vs {q}"
-                );
-            }
-        }
+        assert_parts_close(&fast, &reference, &format!("stride {stride}"));
     }
 }
 
@@ -386,15 +392,7 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
             ]
         };
         let (cpu, generic) = (run(true), run(false));
-        for (k, (a, b)) in cpu.iter().zip(&generic).enumerate() {
-            assert_eq!(a.len(), b.len(), "{shape:?} part {k}: lengths");
-            for (i, (p, q)) in a.iter().zip(b).enumerate() {
-                assert!(
-                    (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
-                    "{shape:?} part {k}[{i}]: {p} vs {q}"
-                );
-            }
-        }
+        assert_parts_close(&cpu, &generic, &format!("{shape:?}"));
     }
     check([4, 3, 5, 7], &device);
     check([2, 6, 9, 9], &device);
@@ -477,14 +475,6 @@ fn cpu_convolution_matches_burns_convolution() {
             out
         };
         let (fast, reference) = (run(true), run(false));
-        for (part, (a, b)) in fast.iter().zip(&reference).enumerate() {
-            assert_eq!(a.len(), b.len(), "k {k} s {stride} p {pad}, part {part}: lengths");
-            for (i, (p, q)) in a.iter().zip(b).enumerate() {
-                assert!(
-                    (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
-                    "k {k} s {stride} p {pad}, part {part}[{i}]: {p} vs {q}"
-                );
-            }
-        }
+        assert_parts_close(&fast, &reference, &format!("k {k} s {stride} p {pad}"));
     }
 }
