@@ -7,7 +7,12 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use pnn::layer::conv::{self, ConvSpec};
 
+/// The allocator of the `pnn` command, so the timings match its training steps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    pnn::allocator::keep_freed_memory();
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("a number")).collect();
     let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
     let (c, s, n) = (arg(0, 128), arg(1, 32), arg(2, 16));

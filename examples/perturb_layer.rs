@@ -10,7 +10,12 @@ use burn::tensor::{Device, Distribution, Tensor};
 use pnn::config::{Act, NoiseType};
 use pnn::layer::PerturbSpec;
 
+/// The allocator of the `pnn` command, so the timings match its training steps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    pnn::allocator::keep_freed_memory();
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("a number")).collect();
     let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
     let (use_act, nmasks, channels, size, batch) = (arg(0, 1) == 1, arg(1, 64), arg(2, 128), arg(3, 32), arg(4, 16));

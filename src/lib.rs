@@ -6,8 +6,10 @@
 //! - [`data`]: reading data sets and batching them.
 //! - [`train`]: the training loop, optimisers, schedule, metrics and checkpoints.
 //! - [`report`]: figures, comparison tables and the reproduction's experiment table.
+//! - [`allocator`]: the memory allocator policy of pnn's programs.
 //! - [`provenance`]: the build, machine and backend recorded beside every result.
 
+pub mod allocator;
 pub mod bench;
 pub mod config;
 pub mod data;

@@ -13,23 +13,10 @@ use pnn::report::reproduce::{self, Budget, ReproduceOptions};
 use pnn::report::{RecordedRun, find_runs, plot, table};
 use pnn::train::files::write_atomic;
 
-/// mimalloc keeps freed memory for reuse. With the system allocator every large tensor is a
-/// fresh mmap and its free a munmap, whose page faults and TLB shootdowns between the cores took
-/// a fifth of a lenet training step (perf); bench numbers before and after are in the README.
+/// mimalloc, with freed memory kept for reuse: see `pnn::allocator`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (its v2 header's option enum). By default mimalloc hands
-/// freed memory back to the OS after 10 ms, and the next step's tensors fault it in and zero it
-/// again (`clear_page_erms` was a fifth of a 64-mask step in perf); a training process reuses
-/// the same sizes every step, so it keeps them (measured: 6.3-7.6 -> 9.0-9.3 images/s, peak
-/// memory 1005 -> 1045 MiB).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-fn keep_freed_memory() {
-    // SAFETY: sets an allocator option; mimalloc reads options atomically.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-}
 use pnn::train::{self, RunOptions};
 
 #[derive(Parser)]
@@ -264,7 +251,7 @@ fn load_runs(paths: &[PathBuf]) -> anyhow::Result<Vec<RecordedRun>> {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    pnn::allocator::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

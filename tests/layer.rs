@@ -356,7 +356,7 @@ fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
 
 /// The CPU backend's BatchNorm (`batchnorm_cpu`) gives what burn's generic training-mode
 /// BatchNorm gives: output, batch mean and variance, and the gradients of input, gamma and
-/// beta, for 4-D maps and 2-D features.
+/// beta, for 4-D and 3-D maps and 2-D features.
 #[test]
 fn cpu_batchnorm_matches_burns_batchnorm() {
     use pnn::layer::batchnorm_cpu;
@@ -394,9 +394,15 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
         let (cpu, generic) = (run(true), run(false));
         assert_parts_close(&cpu, &generic, &format!("{shape:?}"));
     }
+    // Maps of fewer than 64 values per channel take the sample-by-sample path, larger ones the
+    // per-channel path: both sides of the boundary, 1x1 maps and 2-D features.
     check([4, 3, 5, 7], &device);
     check([2, 6, 9, 9], &device);
     check([5, 4], &device);
+    check([3, 5, 1, 1], &device);
+    check([7, 3, 2, 2], &device);
+    check([3, 2, 63], &device);
+    check([2, 4, 8, 8], &device);
 }
 
 /// The CPU backend's max pooling (`maxpool_cpu`) gives what burn's gives, output and input
@@ -450,6 +456,11 @@ fn cpu_convolution_matches_burns_convolution() {
         (2, 3, 3, 2, 1, true, 9),
         (3, 2, 7, 2, 3, false, 11),
         (2, 2, 5, 1, 1, true, 7),
+        // Maps smaller than the kernel, patches made only of padding, strides past a pixel.
+        (2, 3, 5, 3, 2, false, 2),
+        (1, 2, 3, 1, 0, false, 5),
+        (2, 2, 3, 2, 0, true, 4),
+        (2, 2, 3, 3, 2, false, 5),
     ] {
         let layer = ConvSpec::new(c_in, c_out, k)
             .stride(stride)

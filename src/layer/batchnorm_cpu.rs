@@ -42,6 +42,9 @@ pub trait BatchNormOps: burn::backend::Backend {
     fn channel_moments(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
+/// Maps of fewer values per channel than this take the sample-by-sample path (`Sizes::small`).
+const SMALL_MAPS: usize = 64;
+
 /// N samples, C channels, S values per sample and channel.
 #[derive(Debug, Clone, Copy)]
 struct Sizes {
@@ -64,6 +67,22 @@ impl Sizes {
         (self.n * self.s) as f64
     }
 
+    /// Maps this small are normalised sample by sample (`small`): a channel's runs are too short
+    /// for the per-channel loops, which then cost a call or a rayon task per few values.
+    fn small(&self) -> bool {
+        self.s < SMALL_MAPS
+    }
+
+    /// Sample `n`'s C x S values.
+    fn sample<'a>(&self, v: &'a [f32], n: usize) -> &'a [f32] {
+        &v[n * self.c * self.s..][..self.c * self.s]
+    }
+
+    /// A per-channel value repeated over the channel's S positions: one sample's layout.
+    fn per_position(&self, f: impl Fn(usize) -> f32) -> Vec<f32> {
+        (0..self.c).flat_map(|c| std::iter::repeat_n(f(c), self.s)).collect()
+    }
+
     /// The runs of channel `c`, one per sample.
     fn runs<'a>(&self, v: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> + use<'a> {
         let (stride, s) = (self.c * self.s, self.s);
@@ -82,6 +101,19 @@ fn channel_moments(sz: Sizes, x: &[f32], c: usize) -> (f32, f32) {
 }
 
 fn moments(sz: Sizes, x: &[f32]) -> Vec<(f32, f32)> {
+    if sz.small() {
+        let mean: Vec<f32> = small::channel_sums(sz, |acc, n| small::add(acc, sz.sample(x, n)))
+            .iter()
+            .map(|t| (t[0] / sz.count()) as f32)
+            .collect();
+        let mean_at = sz.per_position(|c| mean[c]);
+        let sq = small::channel_sums(sz, |acc, n| small::add_sq_dev(acc, sz.sample(x, n), &mean_at));
+        return mean
+            .iter()
+            .zip(sq)
+            .map(|(&m, t)| (m, (t[0] / sz.count()) as f32))
+            .collect();
+    }
     (0..sz.c).into_par_iter().map(|c| channel_moments(sz, x, c)).collect()
 }
 
@@ -94,16 +126,24 @@ fn affine(y: &mut [f32], x: &[f32], scale: f32, shift: f32) {
 }
 
 fn forward_values(sz: Sizes, x: &[f32], stats: &[(f32, f32)], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
-    let run = sz.s.max(1);
+    let scale: Vec<f32> = (0..sz.c).map(|c| gamma[c] / (stats[c].1 + eps).sqrt()).collect();
     let mut y = vec![0f32; x.len()];
+    if sz.small() {
+        let scale_at = sz.per_position(|c| scale[c]);
+        let shift_at = sz.per_position(|c| beta[c] - stats[c].0 * scale[c]);
+        let row = (sz.c * sz.s).max(1);
+        y.par_chunks_mut(row).zip(x.par_chunks(row)).for_each(|(y, x)| {
+            small::affine(y, x, &scale_at, &shift_at);
+        });
+        return y;
+    }
+    let run = sz.s.max(1);
     y.par_chunks_mut(run)
         .zip(x.par_chunks(run))
         .enumerate()
         .for_each(|(i, (y, x))| {
             let c = i % sz.c;
-            let (mean, var) = stats[c];
-            let scale = gamma[c] / (var + eps).sqrt();
-            affine(y, x, scale, beta[c] - mean * scale);
+            affine(y, x, scale[c], beta[c] - stats[c].0 * scale[c]);
         });
     y
 }
@@ -138,13 +178,38 @@ fn backward_values(
     dy: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let inv_std: Vec<f32> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
+    let m = sz.count() as f32;
+    let mut dx = vec![0f32; x.len()];
+    if sz.small() {
+        let mean_at = sz.per_position(|c| stats[c].0);
+        let sums: Vec<(f32, f32)> = small::channel_sums(sz, |acc, n| {
+            small::add_grad(acc, sz.sample(x, n), sz.sample(dy, n), &mean_at)
+        })
+        .iter()
+        .zip(&inv_std)
+        .map(|(t, &inv)| (t[0] as f32, (t[1] * inv as f64) as f32))
+        .collect();
+        // dx = a dy + b x + c per position, from the formula in the module's comment.
+        let k = |c: usize| gamma[c] * inv_std[c];
+        let b = |c: usize| -k(c) * inv_std[c] * sums[c].1 / m;
+        let a_at = sz.per_position(k);
+        let b_at = sz.per_position(b);
+        let c_at = sz.per_position(|c| -k(c) * sums[c].0 / m - b(c) * stats[c].0);
+        let row = (sz.c * sz.s).max(1);
+        dx.par_chunks_mut(row)
+            .zip(x.par_chunks(row).zip(dy.par_chunks(row)))
+            .for_each(|(dx, (x, dy))| small::input_grad(dx, x, dy, &a_at, &b_at, &c_at));
+        return (
+            dx,
+            sums.iter().map(|s| s.1).collect(),
+            sums.iter().map(|s| s.0).collect(),
+        );
+    }
     let sums: Vec<(f32, f32)> = (0..sz.c)
         .into_par_iter()
         .map(|c| channel_grad_sums(sz, x, dy, c, stats[c].0, inv_std[c]))
         .collect();
-    let m = sz.count() as f32;
     let run = sz.s.max(1);
-    let mut dx = vec![0f32; x.len()];
     dx.par_chunks_mut(run)
         .zip(x.par_chunks(run).zip(dy.par_chunks(run)))
         .enumerate()
@@ -165,6 +230,81 @@ fn backward_values(
     let dgamma = sums.iter().map(|s| s.1).collect();
     let dbeta = sums.iter().map(|s| s.0).collect();
     (dx, dgamma, dbeta)
+}
+
+/// The sample-by-sample path for small maps: every loop runs over one sample's C x S values,
+/// with per-channel constants repeated over each channel's positions (`Sizes::per_position`).
+mod small {
+    use multiversion::multiversion;
+    use rayon::prelude::*;
+
+    use super::Sizes;
+
+    /// Per-channel sums of up to two quantities over all samples and positions. `add(acc, n)`
+    /// adds sample n's values position by position into `acc` ([2][C x S], f64); each thread
+    /// keeps its own accumulators over a block of samples.
+    pub(super) fn channel_sums(sz: Sizes, add: impl Fn(&mut [f64], usize) + Sync) -> Vec<[f64; 2]> {
+        let width = sz.c * sz.s;
+        let block = sz.n.div_ceil(rayon::current_num_threads()).max(1);
+        let acc = (0..sz.n.div_ceil(block))
+            .into_par_iter()
+            .map(|b| {
+                let mut acc = vec![0f64; 2 * width];
+                (b * block..((b + 1) * block).min(sz.n)).for_each(|n| add(&mut acc, n));
+                acc
+            })
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            })
+            .unwrap_or_else(|| vec![0f64; 2 * width]);
+        let (first, second) = acc.split_at(width);
+        (0..sz.c)
+            .map(|c| {
+                let at = |v: &[f64]| v[c * sz.s..][..sz.s].iter().sum::<f64>();
+                [at(first), at(second)]
+            })
+            .collect()
+    }
+
+    #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+    pub(super) fn add(acc: &mut [f64], x: &[f32]) {
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a += v as f64;
+        }
+    }
+
+    #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+    pub(super) fn add_sq_dev(acc: &mut [f64], x: &[f32], mean: &[f32]) {
+        for ((a, &v), &m) in acc.iter_mut().zip(x).zip(mean) {
+            let d = v - m;
+            *a += (d * d) as f64;
+        }
+    }
+
+    /// sum dy into the first half of `acc`, sum dy (x - mean) into the second.
+    #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+    pub(super) fn add_grad(acc: &mut [f64], x: &[f32], dy: &[f32], mean: &[f32]) {
+        let (sum_dy, sum_dy_centered) = acc.split_at_mut(x.len());
+        for (((s, t), (&v, &d)), &m) in sum_dy.iter_mut().zip(sum_dy_centered).zip(x.iter().zip(dy)).zip(mean) {
+            *s += d as f64;
+            *t += (d * (v - m)) as f64;
+        }
+    }
+
+    #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+    pub(super) fn affine(y: &mut [f32], x: &[f32], scale: &[f32], shift: &[f32]) {
+        for (((y, &x), &a), &b) in y.iter_mut().zip(x).zip(scale).zip(shift) {
+            *y = x * a + b;
+        }
+    }
+
+    #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+    pub(super) fn input_grad(dx: &mut [f32], x: &[f32], dy: &[f32], a: &[f32], b: &[f32], c: &[f32]) {
+        for (((dx, &x), &dy), ((&a, &b), &c)) in dx.iter_mut().zip(x).zip(dy).zip(a.iter().zip(b).zip(c)) {
+            *dx = a * dy + b * x + c;
+        }
+    }
 }
 
 /// The (mean, variance) pairs of a [2, C] moments tensor.

@@ -78,11 +78,18 @@ impl Geometry {
         self.oh * self.ow
     }
 
-    /// Input coordinate of output coordinate `o` at kernel offset `i`, if inside the map.
+    /// The output coordinates `lo..hi` whose input coordinate `o * stride + i - padding` at
+    /// kernel offset `i` lies inside a map of `size` pixels; outside them the patch reads padding.
+    /// Computed once per row, so the copy loops below carry no per-pixel bounds test.
     #[inline(always)]
-    fn source(&self, o: usize, i: usize, size: usize) -> Option<usize> {
-        let v = (o * self.stride + i) as isize - self.padding as isize;
-        (v >= 0 && (v as usize) < size).then_some(v as usize)
+    fn inside(&self, i: usize, size: usize, out: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.padding);
+        let lo = p.saturating_sub(i).div_ceil(s).min(out);
+        if size + p <= i {
+            return (lo, lo);
+        }
+        let hi = ((size - 1 + p - i) / s + 1).min(out);
+        (lo, hi.max(lo))
     }
 }
 
@@ -91,15 +98,22 @@ fn im2col(g: &Geometry, x_n: &[f32], cols: &mut [f32]) {
     for (row, dst) in cols.chunks_mut(g.cols()).enumerate() {
         let (c, i, j) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
         let plane = &x_n[c * g.h * g.w..][..g.h * g.w];
-        for oy in 0..g.oh {
+        let (y_lo, y_hi) = g.inside(i, g.h, g.oh);
+        let (x_lo, x_hi) = g.inside(j, g.w, g.ow);
+        let (y_lo, y_hi) = if x_lo < x_hi { (y_lo, y_hi) } else { (y_lo, y_lo) };
+        dst[..y_lo * g.ow].fill(0.0);
+        dst[y_hi * g.ow..].fill(0.0);
+        for oy in y_lo..y_hi {
             let out = &mut dst[oy * g.ow..][..g.ow];
-            match g.source(oy, i, g.h) {
-                None => out.fill(0.0),
-                Some(iy) => {
-                    let src = &plane[iy * g.w..][..g.w];
-                    for (ox, v) in out.iter_mut().enumerate() {
-                        *v = g.source(ox, j, g.w).map_or(0.0, |ix| src[ix]);
-                    }
+            let src = &plane[(oy * g.stride + i - g.padding) * g.w..][..g.w];
+            out[..x_lo].fill(0.0);
+            out[x_hi..].fill(0.0);
+            let first = x_lo * g.stride + j - g.padding;
+            if g.stride == 1 {
+                out[x_lo..x_hi].copy_from_slice(&src[first..][..x_hi - x_lo]);
+            } else {
+                for (v, s) in out[x_lo..x_hi].iter_mut().zip(src[first..].iter().step_by(g.stride)) {
+                    *v = *s;
                 }
             }
         }
@@ -111,12 +125,20 @@ fn col2im(g: &Geometry, cols: &[f32], dx_n: &mut [f32]) {
     for (row, src) in cols.chunks(g.cols()).enumerate() {
         let (c, i, j) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
         let plane = &mut dx_n[c * g.h * g.w..][..g.h * g.w];
-        for oy in 0..g.oh {
-            let Some(iy) = g.source(oy, i, g.h) else { continue };
-            let dst = &mut plane[iy * g.w..][..g.w];
-            for (ox, v) in src[oy * g.ow..][..g.ow].iter().enumerate() {
-                if let Some(ix) = g.source(ox, j, g.w) {
-                    dst[ix] += v;
+        let (y_lo, y_hi) = g.inside(i, g.h, g.oh);
+        let (x_lo, x_hi) = g.inside(j, g.w, g.ow);
+        if x_lo == x_hi {
+            continue;
+        }
+        for oy in y_lo..y_hi {
+            let dst = &mut plane[(oy * g.stride + i - g.padding) * g.w..][..g.w];
+            let first = x_lo * g.stride + j - g.padding;
+            let src = &src[oy * g.ow..][x_lo..x_hi];
+            if g.stride == 1 {
+                dst[first..][..src.len()].iter_mut().zip(src).for_each(|(d, v)| *d += v);
+            } else {
+                for (d, v) in dst[first..].iter_mut().step_by(g.stride).zip(src) {
+                    *d += v;
                 }
             }
         }
