@@ -322,8 +322,11 @@ fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
     use pnn::layer::conv::{self, ConvSpec};
     let device = Device::flex().autodiff();
     device.seed(7);
-    // Maps of at most 64 pixels take the batched path, larger ones the per-sample path.
+    // Maps of at most 64 pixels take the batched path, larger ones the per-sample path, 1x1
+    // maps (size 1, or size 2 at stride 2) the fully connected path.
     for (c_in, c_out, stride, bias, size) in [
+        (5, 3, 1, true, 1),
+        (3, 4, 2, false, 2),
         (3, 5, 1, true, 6),
         (4, 6, 2, false, 7),
         (2, 3, 2, true, 8),

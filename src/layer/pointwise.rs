@@ -168,6 +168,24 @@ fn scatter(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
 }
 
 fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if s.hw == 1 {
+        // 1x1 maps: a fully connected layer, y [N, O] = x [N, C] W^T, with no regrouping.
+        let mut y = vec![0f32; s.n * s.o];
+        // SAFETY: y is N x O, x N x C, W^T C x O.
+        unsafe {
+            matmul_with(
+                &mut y,
+                false,
+                s.n,
+                s.o,
+                s.c,
+                Mat::row_major(x.as_ptr(), s.c),
+                Mat::transposed(w.as_ptr(), s.c),
+                Parallelism::Rayon(0),
+            )
+        };
+        return y;
+    }
     if s.hw <= SMALL_MAPS {
         let cols = s.n * s.hw;
         let x2 = gather(x, s.n, s.c, s.hw);
@@ -236,6 +254,9 @@ fn backward_values(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> 
 
 /// The backward pass with the batch as one matrix (see [`SMALL_MAPS`]).
 fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
+    if s.hw == 1 {
+        return backward_fully_connected(s, x, w, dy, need_x);
+    }
     let cols = s.n * s.hw;
     let dy2 = gather(dy, s.n, s.o, s.hw);
     let x2 = gather(x, s.n, s.c, s.hw);
@@ -271,6 +292,42 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
             cols,
             Mat::row_major(dy2.as_ptr(), cols),
             x2_t,
+            Parallelism::Rayon(0),
+        )
+    };
+    (dx, dw)
+}
+
+/// The backward pass on 1x1 maps: dx [N, C] = dy [N, O] W, dW [O, C] = dy^T x.
+fn backward_fully_connected(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
+    let dy_rows = Mat::row_major(dy.as_ptr(), s.o);
+    let mut dx = vec![0f32; if need_x { s.n * s.c } else { 0 }];
+    if need_x {
+        // SAFETY: dx is N x C, dy N x O, W O x C.
+        unsafe {
+            matmul_with(
+                &mut dx,
+                false,
+                s.n,
+                s.c,
+                s.o,
+                dy_rows,
+                Mat::row_major(w.as_ptr(), s.c),
+                Parallelism::Rayon(0),
+            )
+        };
+    }
+    let mut dw = vec![0f32; s.o * s.c];
+    // SAFETY: dw is O x C, dy^T O x N, x N x C.
+    unsafe {
+        matmul_with(
+            &mut dw,
+            false,
+            s.o,
+            s.c,
+            s.n,
+            Mat::transposed(dy.as_ptr(), s.o),
+            Mat::row_major(x.as_ptr(), s.c),
             Parallelism::Rayon(0),
         )
     };
