@@ -94,29 +94,61 @@ impl Geometry {
 }
 
 /// The patch matrix of one sample: row (c, i, j), column (oy, ox) = x[c, oy s + i - p, ox s + j - p].
+///
+/// Each row is zeroed with one fill and only its in-map ranges copied: the runs are short (one
+/// map row, 4-32 values), and a `fill` or `copy_from_slice` per run is a libc call per run
+/// (memset and im2col were a tenth of a resnet18 step in perf).
 fn im2col(g: &Geometry, x_n: &[f32], cols: &mut [f32]) {
     for (row, dst) in cols.chunks_mut(g.cols()).enumerate() {
         let (c, i, j) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
         let plane = &x_n[c * g.h * g.w..][..g.h * g.w];
         let (y_lo, y_hi) = g.inside(i, g.h, g.oh);
         let (x_lo, x_hi) = g.inside(j, g.w, g.ow);
-        let (y_lo, y_hi) = if x_lo < x_hi { (y_lo, y_hi) } else { (y_lo, y_lo) };
-        dst[..y_lo * g.ow].fill(0.0);
-        dst[y_hi * g.ow..].fill(0.0);
+        let whole_rows = g.stride == 1 && x_lo == 0 && x_hi == g.ow && g.ow == g.w && j == g.padding;
+        if !whole_rows {
+            dst.fill(0.0);
+        }
+        if x_lo == x_hi || y_lo == y_hi {
+            continue;
+        }
+        let first = x_lo * g.stride + j - g.padding;
+        let src_row = |oy: usize| (oy * g.stride + i - g.padding) * g.w;
+        if whole_rows {
+            // The centre column of a stride-1 kernel on a map as wide as its output: the valid
+            // output rows are one contiguous block of the input plane.
+            dst[..y_lo * g.ow].fill(0.0);
+            dst[y_hi * g.ow..].fill(0.0);
+            let n = (y_hi - y_lo) * g.ow;
+            dst[y_lo * g.ow..][..n].copy_from_slice(&plane[src_row(y_lo)..][..n]);
+            continue;
+        }
         for oy in y_lo..y_hi {
-            let out = &mut dst[oy * g.ow..][..g.ow];
-            let src = &plane[(oy * g.stride + i - g.padding) * g.w..][..g.w];
-            out[..x_lo].fill(0.0);
-            out[x_hi..].fill(0.0);
-            let first = x_lo * g.stride + j - g.padding;
+            let out = &mut dst[oy * g.ow..][x_lo..x_hi];
+            let src = &plane[src_row(oy) + first..];
             if g.stride == 1 {
-                out[x_lo..x_hi].copy_from_slice(&src[first..][..x_hi - x_lo]);
+                copy_run(out, src);
             } else {
-                for (v, s) in out[x_lo..x_hi].iter_mut().zip(src[first..].iter().step_by(g.stride)) {
+                for (v, s) in out.iter_mut().zip(src.iter().step_by(g.stride)) {
                     *v = *s;
                 }
             }
         }
+    }
+}
+
+/// `dst = src[..dst.len()]` in fixed-size pieces, which compile to vector moves, not a call.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    let src = &src[..dst.len()];
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: &[f32; 8] = s.try_into().expect("a chunk of 8");
+        let d: &mut [f32; 8] = d.try_into().expect("a chunk of 8");
+        *d = *s;
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
     }
 }
 
