@@ -4,7 +4,10 @@
 # pnn's (`pnn bench`), both with 2 threads on synthetic CIFAR-10 data; a Markdown table of
 # images/s and peak memory with the ratios pnn / PyTorch.
 #
-#   bench/compare.sh [--batch 16,64] [--steps 3] [--warmup 1] [--only 1,2,...] [--list]
+#   bench/compare.sh [--batch 16,64] [--steps 3] [--warmup 1] [--rounds 1] [--only 1,2,...] [--list]
+#
+# --rounds R runs each PyTorch / pnn pair R times, alternating, and reports each side's median
+# images/s: on a shared machine one pair can land in a slow spell that the next one misses.
 #
 # The commands are the reproduction's experiment table (1-8, as `pnn reproduce --list` prints
 # them, without their --batch-size) and cifarnet and lenet (9, 10). PyTorch is installed into a
@@ -30,6 +33,7 @@ commands=(
 batches=16,64
 steps=3
 warmup=1
+rounds=1
 only=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,6 +41,7 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     --list) for i in "${!commands[@]}"; do echo "$((i + 1)). ${commands[$i]}"; done; exit 0 ;;
     *) echo "bench/compare.sh: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
   esac
@@ -60,11 +65,23 @@ parse() {
        END {if (oom) ips="oom"; print (ips?ips:"-"), (mem?mem:"-"), (p?p:"-")}'
 }
 
+# The median of numbers ("oom" if the first is).
+median() {
+  [ "$1" = oom ] && { echo oom; return; }
+  printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'
+}
+
+# The larger of two numbers, either of which may be "-".
+larger() {
+  awk -v a="$1" -v b="$2" 'BEGIN {if (a == "-") print b; else if (b == "-") print a; else print (a + 0 > b + 0 ? a : b)}'
+}
+
 echo "# pnn vs PyTorch, training step on synthetic CIFAR-10 data, 2 threads"
 echo
 echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/2^20}' /proc/meminfo)"
 echo "- PyTorch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'); pnn $(git rev-parse --short HEAD)$(git diff --quiet || echo +modified) (burn flex)"
 echo "- median of $steps steps after $warmup warm-up, each PyTorch run followed at once by pnn's"
+[ "$rounds" -gt 1 ] && echo "- $rounds rounds of that pair per row; images/s: each side's median over the rounds, memory: its largest"
 echo
 echo "| # | command | batch | PyTorch images/s | pnn images/s | pnn / PyTorch | PyTorch MiB | pnn MiB | PyTorch / pnn memory | parameters (regular + noise values) |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
@@ -74,14 +91,24 @@ for i in "${!commands[@]}"; do
   if [ -n "$only" ] && ! [[ ",$only," == *",$id,"* ]]; then continue; fi
   flags=${commands[$i]}
   for b in "${batch_list[@]}"; do
-    # shellcheck disable=SC2086
-    t_out=$("$venv/bin/python" bench/torch_bench.py $flags --batch-size "$b" --steps "$steps" --warmup "$warmup" 2>&1) || {
-      rc=$?; [ $rc -eq 3 ] || { echo "PyTorch failed on #$id ($flags, batch $b):" >&2; echo "$t_out" >&2; exit 1; }; }
-    # shellcheck disable=SC2086
-    p_out=$("$pnn" bench $flags --batch-size "$b" --steps "$steps" --warmup "$warmup" 2>&1) || {
-      echo "pnn failed on #$id ($flags, batch $b):" >&2; echo "$p_out" >&2; exit 1; }
-    read -r t_ips t_mem t_par < <(parse <<< "$t_out")
-    read -r p_ips p_mem _ < <(parse <<< "$p_out")
+    # Rounds alternate the two programs, so that a slow spell of the machine hits both sides.
+    t_list=() p_list=() t_mem=- p_mem=- t_par=-
+    for ((r = 0; r < rounds; r++)); do
+      if [ "${t_list[0]:-}" != oom ]; then
+        # shellcheck disable=SC2086
+        t_out=$("$venv/bin/python" bench/torch_bench.py $flags --batch-size "$b" --steps "$steps" --warmup "$warmup" 2>&1) || {
+          rc=$?; [ $rc -eq 3 ] || { echo "PyTorch failed on #$id ($flags, batch $b):" >&2; echo "$t_out" >&2; exit 1; }; }
+        read -r ips mem t_par < <(parse <<< "$t_out")
+        t_list+=("$ips"); t_mem=$(larger "$t_mem" "$mem")
+      fi
+      # shellcheck disable=SC2086
+      p_out=$("$pnn" bench $flags --batch-size "$b" --steps "$steps" --warmup "$warmup" 2>&1) || {
+        echo "pnn failed on #$id ($flags, batch $b):" >&2; echo "$p_out" >&2; exit 1; }
+      read -r ips mem _ < <(parse <<< "$p_out")
+      p_list+=("$ips"); p_mem=$(larger "$p_mem" "$mem")
+    done
+    t_ips=$(median "${t_list[@]}")
+    p_ips=$(median "${p_list[@]}")
     p_par=$("$pnn" info $flags 2>/dev/null | sed -n 's/.*(\([0-9]*\) regular parameters, \([0-9]*\) noise mask values).*/\1+\2/p')
     params="$p_par"
     [ "$p_par" = "$t_par" ] || params="**MISMATCH: pnn $p_par, PyTorch $t_par**"
