@@ -1,7 +1,7 @@
 //! The 3x3 convolutions of `resnet18 --nfilters 44` at one batch size, forward + backward on the
 //! CPU: burn's `Conv2d::forward` (flex's convolution) against `pnn::layer::conv::forward` (im2col
-//! + gemm), side by side, with the rate each reaches in GFLOP/s (2 x multiply-adds, x3 for the
-//! forward, input-gradient and weight-gradient products):
+//! and gemm), side by side, with the rate each reaches in GFLOP/s (2 x multiply-adds, x3 for
+//! the forward, input-gradient and weight-gradient products):
 //!
 //!   cargo run --release --example conv3x3 -- [batch] [nfilters]
 use std::time::Instant;
@@ -29,10 +29,7 @@ fn main() {
         (8 * f, 8 * f, 4, 1),
     ];
     println!("batch {n}, forward + backward, median of 7 runs");
-    for (c, o, s, stride) in shapes
-        .into_iter()
-        .take(std::env::var("TAKE").map_or(7, |v| v.parse().unwrap()))
-    {
+    for (c, o, s, stride) in shapes {
         let layer = ConvSpec::new(c, o, 3).stride(stride).padding(1).init(&device);
         let x: Tensor<4> = Tensor::random([n, c, s, s], Distribution::Normal(0.0, 1.0), &device);
         let time = |cpu: bool| {
