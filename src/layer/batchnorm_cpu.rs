@@ -239,13 +239,14 @@ mod small {
     use rayon::prelude::*;
 
     use super::Sizes;
+    use crate::layer::blocks::{add_vectors, block_len};
 
     /// Per-channel sums of up to two quantities over all samples and positions. `add(acc, n)`
-    /// adds sample n's values position by position into `acc` ([2][C x S], f64); each thread
-    /// keeps its own accumulators over a block of samples.
+    /// adds sample n's values position by position into `acc` ([2][C x S], f64), one `acc` per
+    /// block of samples (`blocks`).
     pub(super) fn channel_sums(sz: Sizes, add: impl Fn(&mut [f64], usize) + Sync) -> Vec<[f64; 2]> {
         let width = sz.c * sz.s;
-        let block = sz.n.div_ceil(rayon::current_num_threads()).max(1);
+        let block = block_len(sz.n);
         let acc = (0..sz.n.div_ceil(block))
             .into_par_iter()
             .map(|b| {
@@ -253,10 +254,7 @@ mod small {
                 (b * block..((b + 1) * block).min(sz.n)).for_each(|n| add(&mut acc, n));
                 acc
             })
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            })
+            .reduce_with(add_vectors)
             .unwrap_or_else(|| vec![0f64; 2 * width]);
         let (first, second) = acc.split_at(width);
         (0..sz.c)

@@ -17,6 +17,7 @@ use burn::backend::{Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
+use crate::layer::blocks::{add_vectors, block_len};
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
 use crate::layer::pointwise::{Mat, matmul};
 
@@ -204,7 +205,7 @@ fn forward_values(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 fn backward_values(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
     let plane_in = g.c * g.h * g.w;
     let plane_out = g.o * g.cols();
-    let block = g.n.div_ceil(rayon::current_num_threads()).max(1);
+    let block = block_len(g.n);
     let mut dx = vec![0f32; g.n * plane_in];
     let w_t = Mat::transposed(w.as_ptr(), g.rows());
     let dw = dx
@@ -228,10 +229,7 @@ fn backward_values(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) 
             }
             dw
         })
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
-        })
+        .reduce_with(add_vectors)
         .unwrap_or_else(|| vec![0f32; g.o * g.rows()]);
     (if need_x { dx } else { Vec::new() }, dw)
 }

@@ -15,6 +15,7 @@
 
 use multiversion::multiversion;
 
+use super::blocks::block_len;
 use super::lanes::{LANES, axpy, dot, sum};
 use rayon::prelude::*;
 
@@ -451,11 +452,10 @@ impl MapGrad<'_> {
     }
 }
 
-/// Samples are split into one contiguous block per thread, so that there is one set of
-/// parameter sums per thread (with unique trainable masks one set is C x M x H x W floats).
+/// The parameter gradients are summed per block of samples, one block per thread (`blocks`).
 pub fn backward<A: Activation>(op: &Operands, grad_out: &[f32], need_noise: bool) -> Grads {
     let g = op.g;
-    let block = g.n.div_ceil(rayon::current_num_threads()).max(1);
+    let block = block_len(g.n);
     let mut dx = vec![0f32; g.n * g.c * g.hw];
     let partial = dx
         .par_chunks_mut(block * g.c * g.hw)

@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod batchnorm;
 pub mod batchnorm_cpu;
+pub mod blocks;
 pub mod classifier;
 pub mod conv;
 pub mod conv_cpu;

@@ -24,6 +24,7 @@ use burn::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::layer::blocks::{add_vectors, block_len};
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
 
 #[backend_extension(Flex, Autodiff)]
@@ -230,7 +231,7 @@ fn backward_values(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> 
         });
     }
     // One partial dW per thread's block of samples, then their sum.
-    let block = s.n.div_ceil(rayon::current_num_threads()).max(1);
+    let block = block_len(s.n);
     let starts: Vec<usize> = (0..s.n).step_by(block).collect();
     let dw = starts
         .into_par_iter()
@@ -244,10 +245,7 @@ fn backward_values(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> 
             }
             dw
         })
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
-        })
+        .reduce_with(add_vectors)
         .unwrap_or_else(|| vec![0f32; s.o * s.c]);
     (dx, dw)
 }
