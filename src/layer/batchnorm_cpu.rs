@@ -189,16 +189,16 @@ fn backward_values(
         .zip(&inv_std)
         .map(|(t, &inv)| (t[0] as f32, (t[1] * inv as f64) as f32))
         .collect();
-        // dx = a dy + b x + c per position, from the formula in the module's comment.
+        // dx = a dy + b (x - mean) + c per position, from the formula in the module's comment;
+        // x is centred first, as in the per-channel path, so a large mean does not cancel.
         let k = |c: usize| gamma[c] * inv_std[c];
-        let b = |c: usize| -k(c) * inv_std[c] * sums[c].1 / m;
         let a_at = sz.per_position(k);
-        let b_at = sz.per_position(b);
-        let c_at = sz.per_position(|c| -k(c) * sums[c].0 / m - b(c) * stats[c].0);
+        let b_at = sz.per_position(|c| -k(c) * inv_std[c] * sums[c].1 / m);
+        let c_at = sz.per_position(|c| -k(c) * sums[c].0 / m);
         let row = (sz.c * sz.s).max(1);
         dx.par_chunks_mut(row)
             .zip(x.par_chunks(row).zip(dy.par_chunks(row)))
-            .for_each(|(dx, (x, dy))| small::input_grad(dx, x, dy, &a_at, &b_at, &c_at));
+            .for_each(|(dx, (x, dy))| small::input_grad(dx, x, dy, &mean_at, [&a_at, &b_at, &c_at]));
         return (
             dx,
             sums.iter().map(|s| s.1).collect(),
@@ -297,10 +297,12 @@ mod small {
         }
     }
 
+    /// `dx = a dy + b (x - mean) + c`, with `[a, b, c]` given per position.
     #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
-    pub(super) fn input_grad(dx: &mut [f32], x: &[f32], dy: &[f32], a: &[f32], b: &[f32], c: &[f32]) {
-        for (((dx, &x), &dy), ((&a, &b), &c)) in dx.iter_mut().zip(x).zip(dy).zip(a.iter().zip(b).zip(c)) {
-            *dx = a * dy + b * x + c;
+    pub(super) fn input_grad(dx: &mut [f32], x: &[f32], dy: &[f32], mean: &[f32], [a, b, c]: [&[f32]; 3]) {
+        let coefficients = a.iter().zip(b).zip(c).zip(mean);
+        for (((dx, &x), &dy), (((&a, &b), &c), &m)) in dx.iter_mut().zip(x).zip(dy).zip(coefficients) {
+            *dx = a * dy + b * (x - m) + c;
         }
     }
 }
