@@ -74,7 +74,16 @@ pub(crate) unsafe fn matmul(dst: &mut [f32], accumulate: bool, m: usize, n: usiz
     unsafe { matmul_with(dst, accumulate, m, n, k, a, b, Parallelism::None) }
 }
 
-/// [`matmul`] with gemm's own threading.
+/// [`matmul`] on rayon's threads, split by gemm itself: for the batch-wide products.
+///
+/// # Safety
+/// As [`matmul`].
+pub(crate) unsafe fn matmul_threaded(dst: &mut [f32], accumulate: bool, m: usize, n: usize, k: usize, a: Mat, b: Mat) {
+    // SAFETY: passed on.
+    unsafe { matmul_with(dst, accumulate, m, n, k, a, b, Parallelism::Rayon(0)) }
+}
+
+/// [`matmul`] with the given threading.
 ///
 /// # Safety
 /// As [`matmul`].
@@ -174,7 +183,7 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
         let mut y = vec![0f32; s.n * s.o];
         // SAFETY: y is N x O, x N x C, W^T C x O.
         unsafe {
-            matmul_with(
+            matmul_threaded(
                 &mut y,
                 false,
                 s.n,
@@ -182,7 +191,6 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
                 s.c,
                 Mat::row_major(x.as_ptr(), s.c),
                 Mat::transposed(w.as_ptr(), s.c),
-                Parallelism::Rayon(0),
             )
         };
         return y;
@@ -193,7 +201,7 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
         let mut y2 = vec![0f32; s.o * cols];
         // SAFETY: y2 is O x (N HW), w O x C, x2 C x (N HW).
         unsafe {
-            matmul_with(
+            matmul_threaded(
                 &mut y2,
                 false,
                 s.o,
@@ -201,7 +209,6 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
                 s.c,
                 Mat::row_major(w.as_ptr(), s.c),
                 Mat::row_major(x2.as_ptr(), cols),
-                Parallelism::Rayon(0),
             )
         };
         return scatter(&y2, s.n, s.o, s.hw);
@@ -263,7 +270,7 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
         let weight_t = Mat::transposed(w.as_ptr(), s.c);
         // SAFETY: dx2 is C x (N HW), W^T C x O, dy2 O x (N HW).
         unsafe {
-            matmul_with(
+            matmul_threaded(
                 &mut dx2,
                 false,
                 s.c,
@@ -271,7 +278,6 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
                 s.o,
                 weight_t,
                 Mat::row_major(dy2.as_ptr(), cols),
-                Parallelism::Rayon(0),
             )
         };
         scatter(&dx2, s.n, s.c, s.hw)
@@ -281,18 +287,7 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
     let mut dw = vec![0f32; s.o * s.c];
     let x2_t = Mat::transposed(x2.as_ptr(), cols);
     // SAFETY: dw is O x C, dy2 O x (N HW), x2^T (N HW) x C.
-    unsafe {
-        matmul_with(
-            &mut dw,
-            false,
-            s.o,
-            s.c,
-            cols,
-            Mat::row_major(dy2.as_ptr(), cols),
-            x2_t,
-            Parallelism::Rayon(0),
-        )
-    };
+    unsafe { matmul_threaded(&mut dw, false, s.o, s.c, cols, Mat::row_major(dy2.as_ptr(), cols), x2_t) };
     (dx, dw)
 }
 
@@ -302,23 +297,12 @@ fn backward_fully_connected(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: 
     let mut dx = vec![0f32; if need_x { s.n * s.c } else { 0 }];
     if need_x {
         // SAFETY: dx is N x C, dy N x O, W O x C.
-        unsafe {
-            matmul_with(
-                &mut dx,
-                false,
-                s.n,
-                s.c,
-                s.o,
-                dy_rows,
-                Mat::row_major(w.as_ptr(), s.c),
-                Parallelism::Rayon(0),
-            )
-        };
+        unsafe { matmul_threaded(&mut dx, false, s.n, s.c, s.o, dy_rows, Mat::row_major(w.as_ptr(), s.c)) };
     }
     let mut dw = vec![0f32; s.o * s.c];
     // SAFETY: dw is O x C, dy^T O x N, x N x C.
     unsafe {
-        matmul_with(
+        matmul_threaded(
             &mut dw,
             false,
             s.o,
@@ -326,7 +310,6 @@ fn backward_fully_connected(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: 
             s.n,
             Mat::transposed(dy.as_ptr(), s.o),
             Mat::row_major(x.as_ptr(), s.c),
-            Parallelism::Rayon(0),
         )
     };
     (dx, dw)
