@@ -17,6 +17,7 @@ use pnn::train::files::write_atomic;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use pnn::train::interrupt::{self, EXIT_INTERRUPTED, Interrupted};
 use pnn::train::{self, RunOptions};
 
 #[derive(Parser)]
@@ -126,6 +127,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 resume: args.resume,
                 backend,
                 verbose: true,
+                stop: interrupt::install_handler()?,
+                stop_after_steps: None,
             };
             train::train(&config, opts)?;
         }
@@ -236,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 only,
                 backend: Backend::parse(&device)?,
                 verbose: true,
+                stop: interrupt::install_handler()?,
             };
             for path in reproduce::run(&opts)? {
                 println!("wrote {}", path.display());
@@ -255,6 +259,16 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(stopped) = e.downcast_ref::<Interrupted>() {
+                eprintln!("{stopped}");
+                let args: Vec<String> = std::env::args().collect();
+                if args.get(1).is_some_and(|a| a == "reproduce") {
+                    eprintln!("To go on, run the same `pnn reproduce` command again: it resumes unfinished runs.");
+                } else {
+                    eprintln!("To go on:\n  {}", interrupt::resume_command(&args, &stopped.checkpoint));
+                }
+                return ExitCode::from(EXIT_INTERRUPTED);
+            }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

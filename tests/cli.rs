@@ -2,42 +2,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::serve;
+use common::{metrics_without_timing, serve, write_tiny_mnist};
 
-use pnn::data::idx::encode_idx;
 
 fn pnn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pnn"))
-}
-
-/// A tiny MNIST-layout set: class k has a bright square at a position that depends on k, so a
-/// model can learn it in one epoch.
-fn write_tiny_mnist(dir: &Path, n_train: usize, n_test: usize) {
-    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
-        let mut images = vec![0u8; n * 28 * 28];
-        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-        for (i, &label) in labels.iter().enumerate() {
-            let (r0, c0) = (2 + 2 * label as usize, 4 + (label as usize % 3) * 6);
-            for r in r0..r0 + 4 {
-                for c in c0..c0 + 4 {
-                    images[i * 784 + r * 28 + c] = 255;
-                }
-            }
-        }
-        std::fs::write(
-            dir.join(format!("{prefix}-images-idx3-ubyte")),
-            encode_idx(&[n, 28, 28], &images),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join(format!("{prefix}-labels-idx1-ubyte")),
-            encode_idx(&[n], &labels),
-        )
-        .unwrap();
-    }
 }
 
 fn train_args<'a>(data: &'a str, save: &'a str, epochs: &'a str) -> Vec<&'a str> {
@@ -192,19 +163,6 @@ fn train_one_epoch_end_to_end_writes_metrics_checkpoints_and_both_accuracies() {
 }
 
 /// Per-epoch metrics with the wall-clock columns removed.
-fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
-    let jsonl = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    jsonl
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let obj = v.as_object_mut().unwrap();
-            obj.remove("epoch_seconds");
-            obj.remove("train_images_per_sec");
-            v
-        })
-        .collect()
-}
 
 #[test]
 fn bad_input_is_a_clear_error_not_a_panic() {

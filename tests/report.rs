@@ -301,6 +301,7 @@ fn reproduce_options(
         only: only.to_vec(),
         backend: Backend::cpu(),
         verbose: false,
+        stop: Default::default(),
     }
 }
 

@@ -107,6 +107,12 @@ impl Loader {
 
     /// The batches of `epoch`, produced by a worker thread a few batches ahead.
     pub fn epoch(&self, epoch: usize) -> BatchIter {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on: the same batches, identically augmented,
+    /// as the later part of [`Self::epoch`] (for resuming a run stopped mid-epoch).
+    pub fn epoch_from(&self, epoch: usize, first: usize) -> BatchIter {
         let (tx, rx) = sync_channel(PREFETCH);
         let indices = self.indices(epoch);
         let (set, norm, batch_size) = (self.set.clone(), self.norm.clone(), self.batch_size);
@@ -116,7 +122,7 @@ impl Loader {
             (false, _) => None,
         };
         let worker = std::thread::spawn(move || {
-            for (b, chunk) in indices.chunks(batch_size).enumerate() {
+            for (b, chunk) in indices.chunks(batch_size).enumerate().skip(first) {
                 let mut rng = augment_seed.map(|s| ChaCha8Rng::seed_from_u64(epoch_seed(s, b)));
                 if tx.send(make_batch(&set, &norm, chunk, rng.as_mut())).is_err() {
                     return; // the consumer stopped early

@@ -19,6 +19,7 @@ use super::stats::Stat;
 use super::table::{compare_csv, markdown_table, thousands};
 use crate::config::{Config, TrainArgs};
 use crate::device::Backend;
+use crate::train::interrupt::StopFlag;
 use crate::train::checkpoint;
 use crate::train::files::write_atomic;
 use crate::train::run_dir::RunSummaryFile;
@@ -118,6 +119,9 @@ pub struct ReproduceOptions {
     pub only: Vec<usize>,
     pub backend: Backend,
     pub verbose: bool,
+    /// Ctrl-C / SIGTERM: the run in progress stops with a checkpoint; the next reproduce
+    /// resumes it.
+    pub stop: StopFlag,
 }
 
 impl Experiment {
@@ -240,6 +244,8 @@ pub fn run(opts: &ReproduceOptions) -> Result<Vec<PathBuf>> {
                 resume,
                 backend: opts.backend.clone(),
                 verbose: opts.verbose,
+                stop: opts.stop.clone(),
+                stop_after_steps: None,
             },
         )
         .with_context(|| format!("experiment {} seed {seed} (run folder {})", exp.id, dir.display()))?;

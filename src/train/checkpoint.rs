@@ -1,8 +1,13 @@
 //! Checkpoints: a folder with the model (`model.bpk`, burn's burnpack format: plain tensors, no
 //! code is executed when it is loaded), the optimizer state (`optimizer.bpk`) and the training
-//! state (`state.json`: configuration, epochs done, metric history, the reported-accuracy
-//! accumulator).
+//! state (`state.json`: configuration, epochs done, a partly done epoch, metric history, the
+//! reported-accuracy accumulator, and the SHA-256 of the two tensor files).
+//!
+//! The random state needs no saving: every training step reseeds from (seed, epoch, step) and
+//! the loader derives each epoch's order and each batch's augmentation from (seed, epoch,
+//! batch), so a resumed run draws exactly what the uninterrupted run would have drawn.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
@@ -10,15 +15,17 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::files::{replace_dir_atomic, write_atomic};
-use super::metrics::{EpochRecord, ReportedAccuracy};
+use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy};
 use crate::config::Config;
 use crate::models::Net;
 
 /// Bumped whenever the checkpoint layout changes (2: lenet and cifarnet keep their fully
-/// connected layers under `head`).
-pub const FORMAT_VERSION: u32 = 2;
+/// connected layers under `head`; 3: checksums of the tensor files, partly done epochs, one
+/// random seed per training step).
+pub const FORMAT_VERSION: u32 = 3;
 
 const MODEL_FILE: &str = "model.bpk";
 const OPTIMIZER_FILE: &str = "optimizer.bpk";
@@ -31,15 +38,38 @@ pub struct TrainState {
     pub config: Config,
     /// Epochs completed; training resumes with epoch `epochs_done + 1` (1-based).
     pub epochs_done: usize,
+    /// The epoch after `epochs_done` when a run was stopped in the middle of it.
+    #[serde(default)]
+    pub partial: Option<PartialEpoch>,
     pub history: Vec<EpochRecord>,
     pub reported: ReportedAccuracy,
-    /// Wall time spent on this run so far, over all its sessions (0 in checkpoints from before
-    /// it was recorded).
+    /// Wall time spent on this run so far, over all its sessions.
     #[serde(default)]
     pub wall_seconds: f64,
+    /// SHA-256 (hex) of the checkpoint's tensor files, by file name; filled in by [`save`].
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
 }
 
+/// How far a stopped run got into the epoch it was in.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// 1-based epoch number (always `epochs_done + 1`).
+    pub epoch: usize,
+    /// Batches of the epoch's order already used; the resumed run starts with the next one.
+    pub batches_done: usize,
+    /// Training sums over those batches.
+    pub totals: EpochTotals,
+    /// Training seconds spent on them.
+    pub seconds: f64,
+}
+
+/// Writes a checkpoint folder, replacing `dir` only once the new one is complete.
 pub fn save(dir: &Path, model: &Net, optim: &ModuleOptimizer, state: &TrainState) -> Result<()> {
+    // burn's RunningState (BatchNorm's running statistics) keeps a step's update pending until
+    // it is synchronised, and saving reads the synchronised value: without this, a checkpoint
+    // written in the middle of an epoch would lose the last step's update. `valid()` syncs.
+    let _ = model.valid();
     replace_dir_atomic(dir, |tmp| {
         model
             .clone()
@@ -48,10 +78,16 @@ pub fn save(dir: &Path, model: &Net, optim: &ModuleOptimizer, state: &TrainState
         optim
             .save(tmp.join(OPTIMIZER_FILE))
             .map_err(|e| anyhow::anyhow!("cannot save the optimizer state to {}: {e}", tmp.display()))?;
-        write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?.as_bytes())
+        let mut state = state.clone();
+        state.sha256 = BTreeMap::new();
+        for name in [MODEL_FILE, OPTIMIZER_FILE] {
+            state.sha256.insert(name.to_string(), sha256_file(&tmp.join(name))?);
+        }
+        write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(&state)?.as_bytes())
     })
 }
 
+/// Reads and checks `state.json`: its format version and the checksums of the tensor files.
 pub fn load_state(dir: &Path) -> Result<TrainState> {
     let path = dir.join(STATE_FILE);
     let text = fs::read_to_string(&path).with_context(|| {
@@ -60,20 +96,58 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
             dir.display()
         )
     })?;
+    // The version first, so that another version's layout is named as such, not as damage.
+    let version = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| Some((v.get("format_version")?.as_u64()?, v.get("pnn_version")?.as_str()?.to_string())));
+    if let Some((found, by)) = version
+        && found != u64::from(FORMAT_VERSION)
+    {
+        bail!(
+            "{} has checkpoint format {found} (written by pnn {by}) but this pnn reads format {FORMAT_VERSION}: \
+             resume it with pnn {by}, or start the run again",
+            dir.display()
+        );
+    }
     let state: TrainState = serde_json::from_str(&text)
         .with_context(|| format!("{} is damaged or not a pnn checkpoint state", path.display()))?;
-    if state.format_version != FORMAT_VERSION {
+    for name in [MODEL_FILE, OPTIMIZER_FILE] {
+        let file = dir.join(name);
+        let Some(expected) = state.sha256.get(name) else {
+            bail!("{} records no checksum for {name}: the checkpoint is damaged and is refused", path.display());
+        };
+        let found = sha256_file(&file).with_context(|| format!("the checkpoint {} is incomplete", dir.display()))?;
+        if &found != expected {
+            bail!(
+                "{} does not match the checksum recorded in {STATE_FILE}: the file was changed or damaged after pnn \
+                 wrote it, so the checkpoint is refused (use the run's other checkpoint, or start again)",
+                file.display()
+            );
+        }
+    }
+    if let Some(p) = state.partial
+        && p.epoch != state.epochs_done + 1
+    {
         bail!(
-            "{} has checkpoint format {} but this pnn reads format {FORMAT_VERSION} (written by pnn {})",
-            dir.display(),
-            state.format_version,
-            state.pnn_version
+            "{} is inconsistent (a partly done epoch {} after {} finished epochs): the checkpoint is refused",
+            path.display(),
+            p.epoch,
+            state.epochs_done
+        );
+    }
+    if state.history.len() != state.epochs_done {
+        bail!(
+            "{} is inconsistent ({} epochs done but {} recorded): the checkpoint is refused",
+            path.display(),
+            state.epochs_done,
+            state.history.len()
         );
     }
     Ok(state)
 }
 
-/// Loads the model and optimizer of a checkpoint into freshly built ones of the same shape.
+/// Loads the model and optimizer of a checkpoint (whose state [`load_state`] has checked) into
+/// freshly built ones of the same shape.
 pub fn load_into(dir: &Path, model: Net, optim: ModuleOptimizer) -> Result<(Net, ModuleOptimizer)> {
     let model = model.try_load_file(dir.join(MODEL_FILE)).map_err(|e| {
         anyhow::anyhow!(
@@ -85,4 +159,9 @@ pub fn load_into(dir: &Path, model: Net, optim: ModuleOptimizer) -> Result<(Net,
         .load(dir.join(OPTIMIZER_FILE))
         .map_err(|e| anyhow::anyhow!("cannot load the optimizer state of {}: {e}", dir.display()))?;
     Ok((model, optim))
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }

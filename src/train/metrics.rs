@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub const REPORTED_DECAY: f64 = 0.7;
 
 /// Sums over one pass of a data set.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochTotals {
     pub loss_sum: f64,
     pub correct: usize,

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod files;
+pub mod interrupt;
 pub mod metrics;
 pub mod optim;
 pub mod run_dir;

@@ -13,7 +13,8 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::checkpoint::{self, FORMAT_VERSION, TrainState};
+use super::checkpoint::{self, FORMAT_VERSION, PartialEpoch, TrainState};
+use super::interrupt::{Interrupted, StopFlag};
 use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy, best_by};
 use super::run_dir::{RunDir, RunInfo, RunSummaryFile};
 use super::{optim, schedule};
@@ -31,6 +32,12 @@ pub struct RunOptions {
     pub backend: Backend,
     /// Print the per-epoch lines (tests turn it off).
     pub verbose: bool,
+    /// Raised by Ctrl-C / SIGTERM (see [`super::interrupt::install_handler`]): the run stops
+    /// after the current step, writes a checkpoint of that point and returns [`Interrupted`].
+    pub stop: StopFlag,
+    /// Stop the same way after this many training steps of this session (tests use it to
+    /// interrupt at an exact point).
+    pub stop_after_steps: Option<usize>,
 }
 
 /// What a finished run returns.
@@ -78,6 +85,9 @@ macro_rules! say {
     ($opts:expr, $($arg:tt)*) => { if $opts.verbose { println!($($arg)*); } };
 }
 
+/// Trains (or resumes) one run. The device's random generator is reseeded at every step, and
+/// burn keeps one generator per process: two runs training at the same time in one process
+/// would not be reproducible (the command line runs one per process).
 pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     let session_start = Instant::now();
     let backend = opts.backend.name.as_str();
@@ -98,9 +108,11 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         pnn_version: env!("CARGO_PKG_VERSION").to_string(),
         config: config.clone(),
         epochs_done: 0,
+        partial: None,
         history: Vec::new(),
         reported: ReportedAccuracy::default(),
         wall_seconds: 0.0,
+        sha256: Default::default(),
     };
     let mut save = opts.save.clone();
     if let Some(dir) = &opts.resume {
@@ -126,10 +138,20 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             save = dir.parent().map(PathBuf::from);
         }
         state.epochs_done = saved.epochs_done;
+        state.partial = saved.partial;
         state.history = saved.history;
         state.reported = saved.reported;
         state.wall_seconds = saved.wall_seconds;
-        say!(opts, "Resumed from {} after epoch {}", dir.display(), state.epochs_done);
+        match saved.partial {
+            Some(p) => say!(
+                opts,
+                "Resumed from {} in epoch {} after {} batches",
+                dir.display(),
+                p.epoch,
+                p.batches_done
+            ),
+            None => say!(opts, "Resumed from {} after epoch {}", dir.display(), state.epochs_done),
+        }
     }
     let run = RunDir::create(save.unwrap_or_else(RunDir::default_root), opts.logs.clone())?;
     run.write_run_info(&RunInfo {
@@ -170,11 +192,22 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     );
     let loss_fn = CrossEntropyLoss::new(None, &device);
 
+    let mut session_steps = 0usize;
     for epoch in state.epochs_done + 1..=config.nepochs {
         let lr = schedule::learning_rate(config.learning_rate, config.dataset_train, epoch);
-        device.seed(data::loader::epoch_seed(config.manual_seed, epoch));
+        let resumed_part = state.partial.take();
+        let progress = EpochProgress {
+            batches_done: resumed_part.map_or(0, |p| p.batches_done),
+            totals: resumed_part.map_or_else(EpochTotals::default, |p| p.totals),
+            seconds: resumed_part.map_or(0.0, |p| p.seconds),
+        };
         let start = Instant::now();
-        let (trained, train_totals) = train_epoch(
+        let mut steps = StepBudget {
+            stop: &opts.stop,
+            left: opts.stop_after_steps.map(|n| n.saturating_sub(session_steps)),
+            taken: 0,
+        };
+        let (trained, outcome) = train_epoch(
             config,
             model,
             &mut optimizer,
@@ -183,9 +216,32 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             &device,
             epoch,
             lr,
+            progress,
+            &mut steps,
         )?;
         model = trained;
-        let train_seconds = start.elapsed().as_secs_f64();
+        session_steps += steps.taken;
+        let train_totals = match outcome {
+            EpochOutcome::Finished(totals) => totals,
+            EpochOutcome::Stopped(part) => {
+                state.partial = Some(PartialEpoch {
+                    epoch,
+                    batches_done: part.batches_done,
+                    totals: part.totals,
+                    seconds: part.seconds + start.elapsed().as_secs_f64(),
+                });
+                state.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
+                let checkpoint = run.checkpoint_last();
+                checkpoint::save(&checkpoint, &model, &optimizer, &state)?;
+                return Err(Interrupted {
+                    checkpoint,
+                    epoch,
+                    steps_done: part.batches_done,
+                }
+                .into());
+            }
+        };
+        let train_seconds = progress.seconds + start.elapsed().as_secs_f64();
         let test_totals = test_epoch(&model, &test_loader, &mut state.reported);
         let record = EpochRecord {
             epoch,
@@ -195,7 +251,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             test_loss: test_totals.loss(),
             test_acc: test_totals.accuracy(),
             test_acc_reported: state.reported.value,
-            epoch_seconds: start.elapsed().as_secs_f64(),
+            epoch_seconds: progress.seconds + start.elapsed().as_secs_f64(),
             train_images_per_sec: train_totals.total as f64 / train_seconds,
         };
         let improved = state.history.iter().all(|r| record.test_acc > r.test_acc);
@@ -228,6 +284,15 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             params,
         };
         run.write_summary(&so_far.file(&provenance, config, state.wall_seconds))?;
+        // A signal during the test pass stops here, with this epoch's checkpoint written.
+        if opts.stop.is_requested() && epoch < config.nepochs {
+            return Err(Interrupted {
+                checkpoint: run.checkpoint_last(),
+                epoch: epoch + 1,
+                steps_done: 0,
+            }
+            .into());
+        }
     }
 
     let summary = RunSummary {
@@ -243,6 +308,40 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
+/// Where an epoch starts: at its beginning, or where a stopped run left it.
+#[derive(Debug, Clone, Copy)]
+struct EpochProgress {
+    batches_done: usize,
+    totals: EpochTotals,
+    /// Training seconds already spent on the epoch (in earlier sessions).
+    seconds: f64,
+}
+
+enum EpochOutcome {
+    Finished(EpochTotals),
+    /// Stopped on request after `batches_done` batches (`seconds` not yet including this session).
+    Stopped(EpochProgress),
+}
+
+/// The stop flag and the optional step limit of this session.
+struct StepBudget<'a> {
+    stop: &'a StopFlag,
+    left: Option<usize>,
+    taken: usize,
+}
+
+impl StepBudget<'_> {
+    fn should_stop(&self) -> bool {
+        self.stop.is_requested() || self.left.is_some_and(|left| self.taken >= left)
+    }
+}
+
+/// A seed per training step, so that a run resumed in the middle of an epoch draws the same
+/// random numbers (dropout) as the uninterrupted run.
+fn step_seed(seed: u64, epoch: usize, step: usize) -> u64 {
+    data::loader::epoch_seed(data::loader::epoch_seed(seed, epoch), step)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train_epoch(
     config: &Config,
@@ -253,10 +352,24 @@ fn train_epoch(
     device: &Device,
     epoch: usize,
     lr: f64,
-) -> Result<(Net, EpochTotals)> {
-    let mut totals = EpochTotals::default();
+    from: EpochProgress,
+    budget: &mut StepBudget,
+) -> Result<(Net, EpochOutcome)> {
+    let mut totals = from.totals;
     let progress = progress_bar(loader.num_batches(), &format!("epoch {epoch}"));
-    for (step, batch) in loader.epoch(epoch).enumerate() {
+    progress.set_position(from.batches_done as u64);
+    let session_start = Instant::now();
+    let mut session_images = 0usize;
+    for (step, batch) in (from.batches_done..).zip(loader.epoch_from(epoch, from.batches_done)) {
+        if budget.should_stop() {
+            progress.finish_and_clear();
+            let stopped = EpochProgress {
+                batches_done: step,
+                totals,
+                seconds: from.seconds,
+            };
+            return Ok((model, EpochOutcome::Stopped(stopped)));
+        }
         // BatchNorm cannot normalise one sample (PyTorch refuses it too): skip a last batch of 1.
         if batch.len() < 2 {
             continue;
@@ -264,29 +377,39 @@ fn train_epoch(
         if config.debug {
             println!("\nBatch: {step}");
         }
+        device.seed(step_seed(config.manual_seed, epoch, step));
         let (images, labels) = batch.to_tensors(device);
         let output = model.forward(images);
         let loss = loss_fn.forward(output.clone(), labels.clone());
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
         if !loss_value.is_finite() {
+            progress.finish_and_clear();
             bail!(
-                "the training loss became {loss_value} at epoch {epoch}, step {step}: lower --learning-rate or --level; \
-                 the last good checkpoint is in the run folder"
+                "the training loss became {loss_value} at epoch {epoch}, step {step} (batch {} of {}): the weights \
+                 diverged. Likely causes: a learning rate too high for this model (--learning-rate {}; try a tenth), \
+                 or noise too strong (--level {}). Nothing after the last checkpoint was saved; the run folder's \
+                 checkpoint-last, if any, is from before this point and untouched",
+                step + 1,
+                loader.num_batches(),
+                config.learning_rate,
+                config.level
             );
         }
         let correct = count_correct(output, labels);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(lr, model, grads);
         totals.add_batch(loss_value, correct, batch.len());
+        budget.taken += 1;
+        session_images += batch.len();
         progress.inc(1);
         progress.set_message(format!(
             "loss {:.4}, {:.0} img/s",
             totals.loss(),
-            totals.total as f64 / progress.elapsed().as_secs_f64()
+            session_images as f64 / session_start.elapsed().as_secs_f64()
         ));
     }
     progress.finish_and_clear();
-    Ok((model, totals))
+    Ok((model, EpochOutcome::Finished(totals)))
 }
 
 /// Evaluates on the test set: correct accuracy over all of it, and the original code's smoothed

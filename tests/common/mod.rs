@@ -7,6 +7,7 @@ use std::net::TcpListener;
 use std::path::Path;
 
 use pnn::data::cifar::{CifarKind, encode_records};
+use pnn::data::idx::encode_idx;
 use pnn::data::mnist::Split;
 
 /// A one-shot HTTP server on 127.0.0.1 serving `routes` (path -> body, declared length).
@@ -63,4 +64,47 @@ pub fn write_cifar10_release(dir: &Path, per_file: usize) {
         )
         .unwrap();
     }
+}
+
+/// A tiny MNIST-layout set: class k has a bright square at a position that depends on k, so a
+/// model can learn it in one epoch.
+pub fn write_tiny_mnist(dir: &Path, n_train: usize, n_test: usize) {
+    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
+        let mut images = vec![0u8; n * 28 * 28];
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        for (i, &label) in labels.iter().enumerate() {
+            let (r0, c0) = (2 + 2 * label as usize, 4 + (label as usize % 3) * 6);
+            for r in r0..r0 + 4 {
+                for c in c0..c0 + 4 {
+                    images[i * 784 + r * 28 + c] = 255;
+                }
+            }
+        }
+        std::fs::write(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            encode_idx(&[n, 28, 28], &images),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            encode_idx(&[n], &labels),
+        )
+        .unwrap();
+    }
+}
+
+
+/// The lines of a run's `metrics.jsonl` without the fields that measure time.
+pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
+    let jsonl = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    jsonl
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let obj = v.as_object_mut().unwrap();
+            obj.remove("epoch_seconds");
+            obj.remove("train_images_per_sec");
+            v
+        })
+        .collect()
 }

@@ -1,0 +1,294 @@
+//! Interrupted runs, damaged and tampered checkpoints, a diverging loss: a run's results are
+//! never lost or silently wrong.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+use clap::Parser;
+use common::{metrics_without_timing, write_tiny_mnist};
+use pnn::config::{Config, TrainArgs};
+use pnn::device::Backend;
+use pnn::train::checkpoint;
+use pnn::train::interrupt::Interrupted;
+use pnn::train::{self, RunOptions};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+/// lenet on the tiny MNIST set. Its dropout draws random numbers every step, so an inexact
+/// random state on resume would show in the numbers.
+fn config(data: &Path, nepochs: usize, extra: &[&str]) -> Config {
+    let nepochs = nepochs.to_string();
+    let mut argv = vec![
+        "pnn",
+        "--net-type",
+        "lenet",
+        "--dataset-train",
+        "MNIST",
+        "--dataset-test",
+        "MNIST",
+        "--dataroot",
+        data.to_str().unwrap(),
+        "--nfilters",
+        "8",
+        "--batch-size",
+        "16",
+        "--learning-rate",
+        "0.05",
+        "--use_act",
+        "--nepochs",
+        &nepochs,
+    ];
+    // A flag in `extra` replaces the default one (clap refuses a flag given twice).
+    for pair in extra.chunks(2) {
+        if let Some(at) = argv.iter().position(|a| *a == pair[0]) {
+            argv.drain(at..at + 2);
+        }
+        argv.extend_from_slice(pair);
+    }
+    Cli::try_parse_from(argv).unwrap().args.to_config().unwrap()
+}
+
+/// burn's random generator is one per process and `train` reseeds it at every step, so two runs
+/// in one process at the same time would draw from each other's stream: the tests that train
+/// in-process take turns.
+static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn options(save: &Path, resume: Option<PathBuf>, stop_after_steps: Option<usize>) -> RunOptions {
+    RunOptions {
+        save: Some(save.to_path_buf()),
+        logs: None,
+        resume,
+        backend: Backend::cpu(),
+        verbose: false,
+        stop: Default::default(),
+        stop_after_steps,
+    }
+}
+
+#[test]
+fn a_run_stopped_mid_epoch_and_resumed_matches_the_uninterrupted_run() {
+    let _turn = one_at_a_time();
+    let data = tempfile::tempdir().unwrap();
+    // 200 training images in batches of 16: 13 batches per epoch, the last one of 8.
+    write_tiny_mnist(data.path(), 200, 50);
+    let runs = tempfile::tempdir().unwrap();
+    let cfg = config(data.path(), 3, &[]);
+
+    let straight = runs.path().join("straight");
+    train::train(&cfg, options(&straight, None, None)).unwrap();
+
+    // Stopped after 5 steps of epoch 1, then after 12 more (in epoch 2), then run to the end.
+    let stopped = runs.path().join("stopped");
+    let last = stopped.join("checkpoint-last");
+    let err = train::train(&cfg, options(&stopped, None, Some(5))).unwrap_err();
+    let interrupted = err.downcast_ref::<Interrupted>().expect("stopped on request");
+    assert_eq!((interrupted.epoch, interrupted.steps_done), (1, 5));
+    assert_eq!(interrupted.checkpoint, last);
+    let state = checkpoint::load_state(&last).unwrap();
+    assert_eq!(state.epochs_done, 0);
+    let partial = state.partial.expect("a partly done epoch is recorded");
+    assert_eq!((partial.epoch, partial.batches_done, partial.totals.total), (1, 5, 80));
+
+    let err = train::train(&cfg, options(&stopped, Some(last.clone()), Some(12))).unwrap_err();
+    let interrupted = err.downcast_ref::<Interrupted>().expect("stopped on request");
+    assert_eq!((interrupted.epoch, interrupted.steps_done), (2, 4), "8 steps finish epoch 1, 4 more in epoch 2");
+    assert_eq!(checkpoint::load_state(&last).unwrap().epochs_done, 1);
+
+    let summary = train::train(&cfg, options(&stopped, Some(last.clone()), None)).unwrap();
+    assert_eq!(summary.history.len(), 3);
+    assert_eq!(
+        metrics_without_timing(&stopped),
+        metrics_without_timing(&straight),
+        "stopped twice and resumed: the same metrics to the last digit"
+    );
+    assert!(checkpoint::load_state(&last).unwrap().partial.is_none());
+}
+
+/// A run trained for one epoch on the tiny set, in `runs/name`.
+fn one_epoch_run(data: &Path, runs: &Path, name: &str) -> PathBuf {
+    let save = runs.join(name);
+    train::train(&config(data, 1, &[]), options(&save, None, None)).unwrap();
+    save
+}
+
+fn resume_error(data: &Path, run: &Path, checkpoint: &Path, extra: &[&str]) -> String {
+    let err = train::train(
+        &config(data, 2, extra),
+        options(run, Some(checkpoint.to_path_buf()), None),
+    )
+    .unwrap_err();
+    format!("{err:#}")
+}
+
+#[test]
+fn damaged_tampered_or_foreign_checkpoints_are_refused_with_the_reason() {
+    let _turn = one_at_a_time();
+    let data = tempfile::tempdir().unwrap();
+    write_tiny_mnist(data.path(), 64, 32);
+    let runs = tempfile::tempdir().unwrap();
+    let run = one_epoch_run(data.path(), runs.path(), "run");
+    let good = run.join("checkpoint-last");
+
+    // Each case is a copy of the good checkpoint with one thing changed.
+    let copy = |name: &str| -> PathBuf {
+        let dir = runs.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["model.bpk", "optimizer.bpk", "state.json"] {
+            std::fs::copy(good.join(file), dir.join(file)).unwrap();
+        }
+        dir
+    };
+    let edit_state = |dir: &Path, edit: &dyn Fn(&mut serde_json::Value)| {
+        let path = dir.join("state.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    };
+
+    // One weight changed in the model file: its checksum no longer matches.
+    let tampered = copy("tampered");
+    let mut bytes = std::fs::read(tampered.join("model.bpk")).unwrap();
+    let at = bytes.len() - 9;
+    bytes[at] ^= 0x40;
+    std::fs::write(tampered.join("model.bpk"), &bytes).unwrap();
+    let msg = resume_error(data.path(), &run, &tampered, &[]);
+    assert!(msg.contains("model.bpk does not match the checksum"), "{msg}");
+
+    // The checksum removed as well: still refused.
+    edit_state(&tampered, &|v| {
+        v["sha256"].as_object_mut().unwrap().remove("model.bpk");
+    });
+    let msg = resume_error(data.path(), &run, &tampered, &[]);
+    assert!(msg.contains("records no checksum for model.bpk"), "{msg}");
+
+    // The optimizer file cut short.
+    let truncated = copy("truncated");
+    let opt = std::fs::read(truncated.join("optimizer.bpk")).unwrap();
+    std::fs::write(truncated.join("optimizer.bpk"), &opt[..opt.len() / 2]).unwrap();
+    let msg = resume_error(data.path(), &run, &truncated, &[]);
+    assert!(msg.contains("optimizer.bpk does not match the checksum"), "{msg}");
+
+    // A state file cut short, a missing one, and one of another format version.
+    let cut = copy("cut");
+    let text = std::fs::read_to_string(cut.join("state.json")).unwrap();
+    std::fs::write(cut.join("state.json"), &text[..text.len() / 2]).unwrap();
+    let msg = resume_error(data.path(), &run, &cut, &[]);
+    assert!(msg.contains("is damaged or not a pnn checkpoint state"), "{msg}");
+    let missing = copy("missing");
+    std::fs::remove_file(missing.join("state.json")).unwrap();
+    let msg = resume_error(data.path(), &run, &missing, &[]);
+    assert!(msg.contains("is not a pnn checkpoint folder"), "{msg}");
+    let old = copy("old");
+    edit_state(&old, &|v| v["format_version"] = 2.into());
+    let msg = resume_error(data.path(), &run, &old, &[]);
+    assert!(msg.contains("has checkpoint format 2"), "{msg}");
+
+    // An edited history that no longer matches the epochs done.
+    let inconsistent = copy("inconsistent");
+    edit_state(&inconsistent, &|v| v["epochs_done"] = 5.into());
+    let msg = resume_error(data.path(), &run, &inconsistent, &[]);
+    assert!(msg.contains("is inconsistent"), "{msg}");
+
+    // A checkpoint of another model: the differing settings are named.
+    let msg = resume_error(data.path(), &run, &good, &["--nfilters", "16"]);
+    assert!(msg.contains("nfilters: 8 then, 16 now"), "{msg}");
+
+    // The untouched checkpoint still resumes.
+    let summary = train::train(&config(data.path(), 2, &[]), options(&run, Some(good), None)).unwrap();
+    assert_eq!(summary.history.len(), 2);
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run_naming_epoch_step_and_causes() {
+    let _turn = one_at_a_time();
+    let data = tempfile::tempdir().unwrap();
+    write_tiny_mnist(data.path(), 64, 32);
+    let runs = tempfile::tempdir().unwrap();
+    // A learning rate that makes the weights overflow within a few steps.
+    let cfg = config(data.path(), 2, &["--learning-rate", "1e38"]);
+    let run = runs.path().join("diverged");
+    let err = format!("{:#}", train::train(&cfg, options(&run, None, None)).unwrap_err());
+    assert!(err.contains("the training loss became"), "{err}");
+    assert!(err.contains("at epoch 1, step"), "{err}");
+    assert!(err.contains("--learning-rate 100000000000000000000000000000000000000"), "{err}");
+    assert!(err.contains("--level"), "{err}");
+    assert!(!run.join("checkpoint-last").exists(), "nothing diverged is saved");
+    assert!(!run.join("metrics.jsonl").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_training_writes_a_checkpoint_and_prints_the_resume_command() {
+    use std::io::{BufRead, BufReader};
+
+    let data = tempfile::tempdir().unwrap();
+    write_tiny_mnist(data.path(), 200, 50);
+    let runs = tempfile::tempdir().unwrap();
+    let save = runs.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pnn"))
+        .args([
+            "train",
+            "--net-type",
+            "lenet",
+            "--dataset-train",
+            "MNIST",
+            "--dataset-test",
+            "MNIST",
+            "--nfilters",
+            "8",
+            "--batch-size",
+            "16",
+            "--nepochs",
+            "1000",
+        ])
+        .arg("--dataroot")
+        .arg(data.path())
+        .arg("--save")
+        .arg(&save)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch's line, then interrupt as a terminal's Ctrl-C would.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Epoch 1/1000") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the run ended before its first epoch line");
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("training stopped on request"), "{stderr}");
+    let resume_line = stderr
+        .lines()
+        .rfind(|l| l.starts_with("  ") && l.contains("--resume"))
+        .unwrap_or_else(|| panic!("no resume command in: {stderr}"));
+    let checkpoint = save.join("checkpoint-last");
+    assert!(resume_line.contains(&checkpoint.display().to_string()), "{resume_line}");
+    let state = checkpoint::load_state(&checkpoint).expect("a valid checkpoint was written");
+    assert!(state.epochs_done >= 1);
+
+    // The printed command resumes (with a smaller epoch budget, which may change).
+    let done = state.epochs_done + usize::from(state.partial.is_some());
+    let args: Vec<String> = resume_line.split_whitespace().skip(1).map(String::from).collect();
+    let nepochs = args.iter().position(|a| a == "--nepochs").unwrap() + 1;
+    let mut args = args;
+    args[nepochs] = done.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_pnn")).args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(metrics_without_timing(&save).len(), done);
+}
