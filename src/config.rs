@@ -151,6 +151,12 @@ pub struct TrainArgs {
     /// Where to compute: cpu, vulkan[:N] or cuda[:N] (GPU ones need a binary built with that feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Train even when the memory estimate says the run will not fit.
+    #[arg(long)]
+    pub force: bool,
+    /// Memory the run may use at its peak, in MiB [default: what the machine has available].
+    #[arg(long = "memory-budget", alias = "memory_budget", value_name = "MIB")]
+    pub memory_budget: Option<u64>,
 
     // ---------------- model ----------------
     /// Network: lenet, cifarnet, resnet18, noiseresnet18, perturb_resnet18.
@@ -440,6 +446,14 @@ impl Config {
                     (self.nfilters / in_c).max(1) * in_c
                 );
             }
+        }
+        if self.net_type == NetType::PerturbResnet18 && matches!(self.filter_size, 5 | 7) {
+            bail!(
+                "--filter_size {} shrinks the maps inside perturb_resnet18's residual blocks while their shortcuts keep \
+                 them, so the two cannot be added (the reference crashes too): use --filter_size 0 (perturbation \
+                 layers), 1 or 3",
+                self.filter_size
+            );
         }
         if self.net_type == NetType::Noiseresnet18 && !matches!(self.first_filter_size, 3 | 7) {
             bail!(

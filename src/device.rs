@@ -22,6 +22,11 @@ impl Backend {
         }
     }
 
+    /// Whether tensors live in host memory (burn's flex backend).
+    pub fn is_cpu(&self) -> bool {
+        self.device == Device::flex()
+    }
+
     /// Parses a `--device` value.
     pub fn parse(spec: &str) -> Result<Self> {
         let (kind, index) = match spec.split_once(':') {

@@ -15,7 +15,7 @@ use pnn::train::files::write_atomic;
 
 /// mimalloc, with freed memory kept for reuse: see `pnn::allocator`.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: pnn::allocator::Counting<mimalloc::MiMalloc> = pnn::allocator::Counting(mimalloc::MiMalloc);
 
 use pnn::train::interrupt::{self, EXIT_INTERRUPTED, Interrupted};
 use pnn::train::{self, RunOptions};
@@ -129,6 +129,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 verbose: true,
                 stop: interrupt::install_handler()?,
                 stop_after_steps: None,
+                memory_budget: args.memory_budget.map(|mib| (mib as usize) << 20),
+                force: args.force,
             };
             train::train(&config, opts)?;
         }

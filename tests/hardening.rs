@@ -10,7 +10,6 @@ use std::sync::{Mutex, MutexGuard};
 use clap::Parser;
 use common::{metrics_without_timing, write_tiny_mnist};
 use pnn::config::{Config, TrainArgs};
-use pnn::device::Backend;
 use pnn::train::checkpoint;
 use pnn::train::interrupt::Interrupted;
 use pnn::train::{self, RunOptions};
@@ -66,13 +65,9 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 
 fn options(save: &Path, resume: Option<PathBuf>, stop_after_steps: Option<usize>) -> RunOptions {
     RunOptions {
-        save: Some(save.to_path_buf()),
-        logs: None,
         resume,
-        backend: Backend::cpu(),
-        verbose: false,
-        stop: Default::default(),
         stop_after_steps,
+        ..RunOptions::quiet(Some(save.to_path_buf()))
     }
 }
 

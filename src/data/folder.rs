@@ -86,6 +86,23 @@ pub fn load_archive(archive: &Path) -> Result<FolderSplits> {
     decode_splits(train, test, &archive.display().to_string())
 }
 
+/// Builds both splits from encoded files held in memory: (class, file name, bytes) each. The
+/// same checks and decoding as a folder on disk (the fuzz target uses it).
+pub fn from_memory(
+    train: Vec<(String, String, Vec<u8>)>,
+    test: Vec<(String, String, Vec<u8>)>,
+    source: &str,
+) -> Result<FolderSplits> {
+    let group = |files: Vec<(String, String, Vec<u8>)>| {
+        let mut map = Encoded::new();
+        for (class, name, bytes) in files {
+            map.entry(class).or_default().push((name, bytes));
+        }
+        map
+    };
+    decode_splits(group(train), group(test), source)
+}
+
 fn decode_splits(train: Encoded, test: Encoded, source: &str) -> Result<FolderSplits> {
     if train.is_empty() {
         bail!("{source}: no training images found: expected train/<class>/*.{{png,jpg,jpeg}}");

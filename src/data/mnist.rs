@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::dataset::ImageSet;
-use super::idx::read_idx;
+use super::idx::{IdxArray, read_idx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
@@ -58,17 +58,40 @@ pub fn load_mnist_layout(root: &Path, split: Split, set_name: &str) -> Result<Im
     let labels_path = locate(&labels_name)?;
     let images = read_idx(&images_path, 3)?;
     let labels = read_idx(&labels_path, 1)?;
+    assemble(
+        images,
+        labels,
+        set_name,
+        &images_path.display().to_string(),
+        &labels_path.display().to_string(),
+    )
+}
+
+/// One split from its parsed image and label files (named in messages by `images_name` and
+/// `labels_name`), checked for agreeing counts, labels 0-9 and a usable image size.
+pub fn assemble(
+    images: IdxArray,
+    labels: IdxArray,
+    set_name: &str,
+    images_name: &str,
+    labels_name: &str,
+) -> Result<ImageSet> {
     if images.dims[0] != labels.dims[0] {
         bail!(
-            "{set_name}: {} holds {} images but {} holds {} labels: the files are from different releases or damaged",
-            images_path.display(),
+            "{set_name}: {images_name} holds {} images but {labels_name} holds {} labels: the files are from different releases or damaged",
             images.dims[0],
-            labels_path.display(),
             labels.dims[0]
         );
     }
+    if images.dims[1] == 0 || images.dims[2] == 0 {
+        bail!(
+            "{set_name}: {images_name} holds images of {}x{} pixels: the file is damaged or not an image file",
+            images.dims[2],
+            images.dims[1]
+        );
+    }
     if let Some(bad) = labels.data.iter().find(|&&l| l >= 10) {
-        bail!("{set_name}: {} holds label {bad}, expected 0-9", labels_path.display());
+        bail!("{set_name}: {labels_name} holds label {bad}, expected 0-9");
     }
     Ok(ImageSet {
         images: images.data,

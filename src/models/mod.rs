@@ -89,7 +89,7 @@ pub fn build(config: &Config, device: &Device) -> Result<Net> {
 
 /// Builds the model for data of the given geometry.
 pub fn build_for(config: &Config, geometry: Geometry, device: &Device) -> Result<Net> {
-    check_resnet_geometry(config, geometry)?;
+    check_geometry(config, geometry)?;
     Ok(match config.net_type {
         NetType::Lenet => Net::Lenet(LeNet::new(config, geometry, device)),
         NetType::Cifarnet => Net::Cifarnet(CifarNet::new(config, geometry, device)),
@@ -99,35 +99,68 @@ pub fn build_for(config: &Config, geometry: Geometry, device: &Device) -> Result
     })
 }
 
-/// The pooled ResNets halve their maps by pooling (rounding down) while the shortcut's strided
-/// convolution rounds up: an odd map size entering a stride-2 stage makes the two branches
-/// disagree. The reference crashes there (e.g. perturb_resnet18 on 28x28 MNIST); we refuse early.
-fn check_resnet_geometry(config: &Config, geometry: Geometry) -> Result<()> {
-    if !matches!(config.net_type, NetType::PerturbResnet18 | NetType::Noiseresnet18) {
-        return Ok(());
-    }
-    let mut size = match (config.net_type, config.first_filter_size) {
-        (_, 7) => pool_output_size(layer_output_size(geometry.input_size, 7), 3, 2, 1),
-        (NetType::PerturbResnet18, k) => layer_output_size(geometry.input_size, k),
-        _ => geometry.input_size,
-    };
-    for (stage, (_, stride)) in resnet::STAGES.iter().enumerate() {
-        if *stride == 2 && size % 2 == 1 {
-            bail!(
-                "{:?} on {}x{} images: stage {} receives {size}x{size} maps, where the block's pooling and its                  shortcut's strided convolution give different sizes (the reference crashes here too).                  Use 32x32 images (CIFAR), or lenet / cifarnet / resnet18 for this data set",
-                config.net_type,
-                geometry.input_size,
-                geometry.input_size,
-                stage + 1
-            );
+/// Follows the map size through the network as its constructor does, and refuses a geometry
+/// where a layer's filter does not fit the maps it receives, or where the pooled ResNets'
+/// branches disagree: they halve their maps by pooling (rounding down) while the shortcut's
+/// strided convolution rounds up, so an odd size entering a stride-2 stage breaks the residual
+/// sum. The reference crashes in all these cases (e.g. perturb_resnet18 on 28x28 MNIST).
+fn check_geometry(config: &Config, geometry: Geometry) -> Result<()> {
+    let side = geometry.input_size;
+    let flags = format!(
+        "--net-type {} --first_filter_size {} --filter_size {} on {side}x{side} images",
+        Config::value_name(&config.net_type),
+        config.first_filter_size,
+        config.filter_size
+    );
+    let shrink = |size: usize, filter: usize, layer: &str| -> Result<usize> {
+        match checked_layer_output_size(size, filter) {
+            Some(out) => Ok(out),
+            None => bail!(
+                "{flags}: {layer} receives {size}x{size} maps, too small for its {filter}x{filter} filter \
+                 (which takes 2 pixels off each side): use a filter of size 0, 1 or 3 there, or larger images"
+            ),
         }
-        size = layer_output_size(size, config.filter_size) / stride;
-        if size == 0 {
-            bail!(
-                "{:?}: the feature maps shrink to nothing before stage {}",
-                config.net_type,
-                stage + 1
-            );
+    };
+    let pool = |size: usize| pool_output_size(size, 3, 2, 1);
+    match config.net_type {
+        NetType::Resnet18 => {}
+        NetType::Lenet => {
+            let mut size = pool(shrink(side, config.first_filter_size, "layer 1")?);
+            for layer in ["layer 2", "layer 3"] {
+                size = pool(shrink(size, config.filter_size, layer)?);
+            }
+        }
+        NetType::Cifarnet => {
+            let mut size = side;
+            for i in 0..6 {
+                let filter = if i == 0 { config.first_filter_size } else { config.filter_size };
+                size = shrink(size, filter, &format!("layer {}", i + 1))?;
+                if i % 2 == 1 {
+                    size = pool(size);
+                }
+            }
+        }
+        NetType::PerturbResnet18 | NetType::Noiseresnet18 => {
+            let perturb = config.net_type == NetType::PerturbResnet18;
+            let mut size = match config.first_filter_size {
+                7 => pool(shrink(side, 7, "the first layer")?),
+                k if perturb => shrink(side, k, "the first layer")?,
+                _ => side,
+            };
+            for (stage, (_, stride)) in resnet::STAGES.iter().enumerate() {
+                if *stride == 2 && size % 2 == 1 {
+                    bail!(
+                        "{flags}: stage {} receives {size}x{size} maps, where the block's pooling and its \
+                         shortcut's strided convolution give different sizes (the reference crashes here too). \
+                         Use 32x32 images (CIFAR), or lenet / cifarnet / resnet18 for this data set",
+                        stage + 1
+                    );
+                }
+                size /= stride;
+                if size == 0 {
+                    bail!("{flags}: the feature maps shrink to nothing before stage {}: use larger images", stage + 1);
+                }
+            }
         }
     }
     Ok(())
@@ -165,12 +198,20 @@ pub fn inner_layer_spec(config: &Config, in_channels: usize, out_channels: usize
 }
 
 /// Output side of a perturbation layer (size kept) or of the reference's convolution of that size.
+/// Only for sizes [`check_geometry`] accepted.
 pub fn layer_output_size(size: usize, filter_size: usize) -> usize {
+    checked_layer_output_size(size, filter_size).expect("map sizes are checked before a model is built")
+}
+
+/// [`layer_output_size`], or `None` where the filter does not fit: a 5x5 filter with padding 1
+/// needs maps of at least 3x3. Filter sizes other than 0, 1, 3, 5, 7 are refused by
+/// configuration validation.
+fn checked_layer_output_size(size: usize, filter_size: usize) -> Option<usize> {
     match filter_size {
-        0 | 1 | 3 => size,
-        5 => size - 2,                   // padding 1
-        7 => (size + 2 * 3 - 7) / 2 + 1, // stride 2, padding 3
-        k => panic!("filter size {k} is refused by config validation"),
+        0 | 1 | 3 => Some(size),
+        5 => size.checked_sub(2).filter(|&s| s > 0), // padding 1
+        7 => Some((size + 2 * 3 - 7) / 2 + 1),       // stride 2, padding 3
+        _ => None,
     }
 }
 

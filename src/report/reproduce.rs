@@ -246,6 +246,8 @@ pub fn run(opts: &ReproduceOptions) -> Result<Vec<PathBuf>> {
                 verbose: opts.verbose,
                 stop: opts.stop.clone(),
                 stop_after_steps: None,
+                memory_budget: None,
+                force: false,
             },
         )
         .with_context(|| format!("experiment {} seed {seed} (run folder {})", exp.id, dir.display()))?;

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod files;
 pub mod interrupt;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod run_dir;

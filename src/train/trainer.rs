@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, FORMAT_VERSION, PartialEpoch, TrainState};
 use super::interrupt::{Interrupted, StopFlag};
+use super::memory;
 use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy, best_by};
 use super::run_dir::{RunDir, RunInfo, RunSummaryFile};
 use super::{optim, schedule};
@@ -38,6 +39,27 @@ pub struct RunOptions {
     /// Stop the same way after this many training steps of this session (tests use it to
     /// interrupt at an exact point).
     pub stop_after_steps: Option<usize>,
+    /// Bytes the run may use at its peak; `None`: what the machine has available.
+    pub memory_budget: Option<usize>,
+    /// Train even when the memory estimate exceeds the budget.
+    pub force: bool,
+}
+
+impl RunOptions {
+    /// Options for a run in `save` on the CPU, quiet, with no stop requested.
+    pub fn quiet(save: Option<PathBuf>) -> Self {
+        Self {
+            save,
+            logs: None,
+            resume: None,
+            backend: Backend::cpu(),
+            verbose: false,
+            stop: StopFlag::default(),
+            stop_after_steps: None,
+            memory_budget: None,
+            force: false,
+        }
+    }
 }
 
 /// What a finished run returns.
@@ -99,7 +121,8 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     let load_start = Instant::now();
     let data = data::load(config)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
-    let mut model = models::build_for(config, Geometry::of_set(&data.train)?, &device)?;
+    let geometry = Geometry::of_set(&data.train)?;
+    let mut model = models::build_for(config, geometry, &device)?;
     let mut optimizer = optim::build(config);
     let params = ParamCount::of(&model);
 
@@ -153,6 +176,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             None => say!(opts, "Resumed from {} after epoch {}", dir.display(), state.epochs_done),
         }
     }
+    check_memory(config, geometry, &device, &opts, data.train.len())?;
     let run = RunDir::create(save.unwrap_or_else(RunDir::default_root), opts.logs.clone())?;
     run.write_run_info(&RunInfo {
         provenance: provenance.clone(),
@@ -306,6 +330,38 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         print_summary(&summary);
     }
     Ok(summary)
+}
+
+/// Measures what a step needs (CPU only: GPU memory is not the host allocator's) and refuses a
+/// run that would not fit, unless forced.
+fn check_memory(config: &Config, geometry: Geometry, device: &Device, opts: &RunOptions, train_len: usize) -> Result<()> {
+    if !opts.backend.is_cpu() {
+        return Ok(());
+    }
+    let Some(estimate) = memory::estimate(config, geometry, device)? else {
+        return Ok(());
+    };
+    let batch = config.batch_size.min(train_len);
+    let (budget, source) = match opts.memory_budget {
+        Some(bytes) => (bytes, "--memory-budget"),
+        None => match memory::available_bytes() {
+            Some(bytes) => (bytes, "the memory available"),
+            None => return Ok(()),
+        },
+    };
+    say!(
+        opts,
+        "Memory: about {:.0} MiB at batch {batch} (estimated), {source} {:.0} MiB",
+        estimate.total(batch) as f64 / (1024.0 * 1024.0),
+        budget as f64 / (1024.0 * 1024.0)
+    );
+    match memory::check(&estimate, batch, budget, source) {
+        Err(e) if opts.force => {
+            say!(opts, "--force: training anyway ({e})");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Where an epoch starts: at its beginning, or where a stopped run left it.
