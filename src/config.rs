@@ -434,6 +434,25 @@ impl Config {
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             bail!("--learning-rate must be a positive number, got {}", self.learning_rate);
         }
+        if !(self.momentum >= 0.0 && self.momentum.is_finite()) {
+            bail!("--momentum must be a number of at least 0, got {}", self.momentum);
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            bail!("--weight-decay must be a number of at least 0, got {}", self.weight_decay);
+        }
+        for (flag, beta) in [("--adam-beta1", self.adam_beta1), ("--adam-beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                bail!("{flag} {beta} must be in [0, 1)");
+            }
+        }
+        for (flag, subset) in [("--train-subset", self.train_subset), ("--test-subset", self.test_subset)] {
+            if subset == Some(0) {
+                bail!("{flag} 0 leaves no images: give the number of images to use, or leave the flag out");
+            }
+        }
+        if self.nthreads == 0 {
+            bail!("--nthreads must be at least 1");
+        }
         // A grouped 1x1 convolution (nmasks > 1) needs out_channels divisible by in_channels.
         if self.nmasks > 1 && self.any_perturbation_layer() {
             let in_c = self.dataset_train.geometry().map_or(3, |g| g.0);

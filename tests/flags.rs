@@ -42,8 +42,6 @@ fn geometries() -> Vec<(&'static str, Geometry)> {
 #[test]
 fn every_structural_flag_combination_is_refused_clearly_or_trains_a_step() {
     let device = Device::flex().autodiff();
-    // Panics are collected and listed below, not printed one by one.
-    std::panic::set_hook(Box::new(|_| {}));
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let (mut trained, mut refused, mut panicked, mut unnamed) = (0, 0, Vec::new(), Vec::new());
     for net in NETS {
@@ -87,7 +85,6 @@ fn every_structural_flag_combination_is_refused_clearly_or_trains_a_step() {
             }
         }
     }
-    drop(std::panic::take_hook()); // back to the default hook, for the assertions below
     println!("{trained} combinations trained a step, {refused} were refused");
     for line in panicked.iter().chain(&unnamed) {
         println!("{line}");
@@ -132,5 +129,33 @@ fn try_combination(flags: &str, geometry: Geometry, device: &Device) -> Outcome 
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default(),
         ),
+    }
+}
+
+#[test]
+fn out_of_range_numbers_are_refused_naming_their_flag() {
+    for (flags, expected) in [
+        ("--momentum=-0.5", "--momentum"),
+        ("--weight-decay=-1", "--weight-decay"),
+        ("--weight-decay NaN", "--weight-decay"),
+        ("--adam-beta1 1.0", "--adam-beta1"),
+        ("--adam-beta2=-0.1", "--adam-beta2"),
+        ("--train-subset 0", "--train-subset 0"),
+        ("--test-subset 0", "--test-subset 0"),
+        ("--nthreads 0", "--nthreads"),
+        ("--learning-rate 0", "--learning-rate"),
+        ("--learning-rate inf", "--learning-rate"),
+        ("--dropout 1.0", "--dropout"),
+        ("--level NaN", "--level"),
+        ("--nfilters 0", "--nfilters"),
+        ("--nmasks 0", "--nmasks"),
+        ("--batch-size 0", "--batch-size"),
+        ("--filter_size 2", "--filter_size 2"),
+        ("--net-type perturb_resnet18 --filter_size 5", "--filter_size 5"),
+    ] {
+        let argv = ["pnn"].into_iter().chain(flags.split_whitespace());
+        let err = Cli::try_parse_from(argv).unwrap().args.to_config().unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains(expected), "{flags}: {msg}");
     }
 }
