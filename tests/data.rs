@@ -50,6 +50,22 @@ fn idx_errors_name_the_problem() {
     let mut long = good.clone();
     long.push(9);
     assert!(err(&long, 1).contains("holds 4"));
+    // Sizes whose product passes 64 bits: 2^32-1 cubed. Unchecked, this panicked in a debug
+    // build and wrapped silently in a release build.
+    let mut huge = vec![0, 0, 8, 3];
+    for _ in 0..3 {
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    }
+    assert!(err(&huge, 3).contains("more values than any file can hold"));
+}
+
+#[test]
+fn idx_images_of_zero_pixels_are_refused() {
+    use pnn::data::mnist::assemble;
+    let images = parse_idx(&encode_idx(&[2, 0, 5], &[]), 3, "images").unwrap();
+    let labels = parse_idx(&encode_idx(&[2], &[1, 2]), 1, "labels").unwrap();
+    let err = assemble(images, labels, "MNIST", "images", "labels").unwrap_err().to_string();
+    assert!(err.contains("images of 5x0 pixels"), "{err}");
 }
 
 fn write_mnist(dir: &std::path::Path, n_train: usize, n_test: usize, gz: bool) {

@@ -77,7 +77,11 @@ pub fn parse_idx(bytes: &[u8], expected_ndim: usize, what: &str) -> Result<IdxAr
     let dims: Vec<usize> = (0..ndim)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
         .collect();
-    let expected: usize = dims.iter().product();
+    // Checked: three 32-bit sizes can multiply past 64 bits, and a wrapped product could
+    // match the body's length by accident.
+    let Some(expected) = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) else {
+        bail!("{what}: header says {dims:?}, more values than any file can hold: the file is damaged");
+    };
     let body = &bytes[header..];
     if body.len() != expected {
         bail!(
