@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{GradientsParams, ModuleOptimizer};
@@ -297,10 +297,17 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         state.history.push(record);
         state.epochs_done = epoch;
         state.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
-        run.write_metrics(&state.history)?;
-        checkpoint::save(&run.checkpoint_last(), &model, &optimizer, &state)?;
+        let keep_going = || {
+            format!(
+                "epoch {epoch} is done but its checkpoint could not be written; the run folder keeps the previous \
+                 checkpoint-last intact: free space (or fix the folder) and resume with --resume {}",
+                run.checkpoint_last().display()
+            )
+        };
+        run.write_metrics(&state.history).with_context(keep_going)?;
+        checkpoint::save(&run.checkpoint_last(), &model, &optimizer, &state).with_context(keep_going)?;
         if improved {
-            checkpoint::save(&run.checkpoint_best(), &model, &optimizer, &state)?;
+            checkpoint::save(&run.checkpoint_best(), &model, &optimizer, &state).with_context(keep_going)?;
         }
         let so_far = RunSummary {
             run_dir: run.root.clone(),
