@@ -195,6 +195,10 @@ fn damaged_tampered_or_foreign_checkpoints_are_refused_with_the_reason() {
     let msg = resume_error(data.path(), &run, &inconsistent, &[]);
     assert!(msg.contains("is inconsistent"), "{msg}");
 
+    // The run folder instead of its checkpoint: the right path is named.
+    let msg = resume_error(data.path(), &run, &run, &[]);
+    assert!(msg.contains("is a run folder, not a checkpoint") && msg.contains("checkpoint-last"), "{msg}");
+
     // A checkpoint of another model: the differing settings are named.
     let msg = resume_error(data.path(), &run, &good, &["--nfilters", "16"]);
     assert!(msg.contains("nfilters: 8 then, 16 now"), "{msg}");

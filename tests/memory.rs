@@ -63,6 +63,8 @@ fn the_largest_batch_that_fits_is_named_and_a_fitting_one_passes() {
     let holding = MemoryEstimate { resident: 500 * MIB, ..estimate };
     assert_eq!(holding.total(2), 500 * MIB);
     assert_eq!(holding.largest_batch(400 * MIB), 0);
+    let msg = format!("{:#}", memory::check(&holding, 2, 400 * MIB, "--memory-budget").unwrap_err());
+    assert!(msg.contains("the data and the model alone exceed it"), "{msg}");
     let msg = format!("{:#}", memory::check(&estimate, 64, 171 * MIB, "--memory-budget").unwrap_err());
     assert!(msg.contains("even a batch of 2 does not fit"), "{msg}");
 }

@@ -90,6 +90,13 @@ pub fn save(dir: &Path, model: &Net, optim: &ModuleOptimizer, state: &TrainState
 /// Reads and checks `state.json`: its format version and the checksums of the tensor files.
 pub fn load_state(dir: &Path) -> Result<TrainState> {
     let path = dir.join(STATE_FILE);
+    if !path.is_file() && dir.join("checkpoint-last").join(STATE_FILE).is_file() {
+        bail!(
+            "{} is a run folder, not a checkpoint: resume with --resume {}",
+            dir.display(),
+            dir.join("checkpoint-last").display()
+        );
+    }
     let text = fs::read_to_string(&path).with_context(|| {
         format!(
             "{} is not a pnn checkpoint folder: {STATE_FILE} is missing (use results/<run>/checkpoint-last)",

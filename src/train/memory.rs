@@ -172,7 +172,11 @@ pub fn check(estimate: &MemoryEstimate, batch: usize, budget: usize, budget_sour
         return Ok(());
     }
     let fits = estimate.largest_batch(budget);
-    let advice = if fits >= 2 {
+    let advice = if estimate.resident > budget {
+        "the data and the model alone exceed it: train on fewer images (--train-subset, --test-subset) or a \
+         smaller model (--nfilters, --nmasks), or give a larger --memory-budget"
+            .to_string()
+    } else if fits >= 2 {
         format!("use --batch-size {fits} (the largest that fits)")
     } else {
         "even a batch of 2 does not fit: use a smaller model (--nfilters, --nmasks) or a machine with more memory"
