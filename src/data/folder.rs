@@ -163,13 +163,21 @@ fn decode(split: Encoded, classes: &[String], source: &str) -> Result<ImageSet> 
         width: 0,
         num_classes: classes.len(),
     };
+    let count = decoded.len();
     for item in decoded {
         let (label, img) = item?;
         let (w, h) = (img.width() as usize, img.height() as usize);
         if set.labels.is_empty() {
             set.width = w;
             set.height = h;
-            set.images.reserve(w * h * 3 * 1024);
+            // Room for exactly this split. (It reserved room for 1024 images of the first one's
+            // size: the folder fuzzer's 973-byte JPEG declaring 224x65497 pixels asked for 45 GB.)
+            let bytes = (w * h * 3).checked_mul(count).with_context(|| {
+                format!("{source}: {count} images of {w}x{h} pixels do not fit in memory")
+            })?;
+            set.images
+                .try_reserve_exact(bytes)
+                .map_err(|_| anyhow::anyhow!("{source}: {count} images of {w}x{h} pixels do not fit in memory"))?;
         } else if (w, h) != (set.width, set.height) {
             bail!(
                 "{source}: images have different sizes ({}x{} and {w}x{h}): resize them to one size",
