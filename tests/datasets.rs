@@ -349,3 +349,33 @@ fn downloads_keep_only_files_whose_checksum_matches() {
     assert_eq!(std::fs::read(&dest).unwrap(), good);
     assert_eq!(leftovers(dir.path()), 1, "only the checked file, no partial file");
 }
+
+/// Training batches of CIFAR are augmented (the reference's random crop and flip), MNIST's and
+/// every test batch are not. The training loader once lost its augmentation while the log line
+/// still announced it.
+#[test]
+fn training_batches_are_augmented_where_the_data_set_is_and_test_batches_never() {
+    use pnn::data::loader::make_batch;
+    let root = tempfile::tempdir().unwrap();
+    write_cifar10_release(root.path(), 20);
+    let flags = format!(
+        "--dataset-train CIFAR10 --dataset-test CIFAR10 --no-download --dataroot {}",
+        root.path().display()
+    );
+    let config = pnn::config::TrainArgs::parse_flags(flags.split_whitespace())
+        .unwrap()
+        .to_config()
+        .unwrap();
+    let data = pnn::data::load(&config).unwrap();
+    assert!(data.augment);
+    let (train_set, test_set, norm) = (data.train.clone(), data.test.clone(), data.normalization.clone());
+    let (train, test) = data.into_loaders(16, 1);
+    let indices = train.indices(1);
+    let batch = train.epoch(1).next().unwrap();
+    let plain = make_batch(&train_set, &norm, &indices[..16], None);
+    assert_eq!(batch.labels, plain.labels, "the same images, in the epoch's order");
+    assert_ne!(batch.images, plain.images, "cropped and flipped");
+    let batch = test.epoch(0).next().unwrap();
+    let plain = make_batch(&test_set, &norm, &(0..batch.len()).collect::<Vec<_>>(), None);
+    assert_eq!(batch.images, plain.images, "the test set is never augmented");
+}

@@ -37,6 +37,27 @@ pub struct Data {
     pub source: String,
 }
 
+impl Data {
+    /// The training loader (shuffled each epoch from `seed`, augmented where the data set is)
+    /// and the test loader (file order, never augmented).
+    pub fn into_loaders(self, batch_size: usize, seed: u64) -> (Loader, Loader) {
+        let train = Loader::new(
+            std::sync::Arc::new(self.train),
+            self.normalization.clone(),
+            batch_size,
+            Order::Shuffled { seed },
+        )
+        .with_augmentation(self.augment);
+        let test = Loader::new(
+            std::sync::Arc::new(self.test),
+            self.normalization,
+            batch_size,
+            Order::Sequential,
+        );
+        (train, test)
+    }
+}
+
 /// Both splits of one named data set.
 struct Splits {
     train: ImageSet,

@@ -3,7 +3,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -20,7 +19,7 @@ use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy, best_by};
 use super::run_dir::{RunDir, RunInfo, RunSummaryFile};
 use super::{optim, schedule};
 use crate::config::Config;
-use crate::data::{self, Loader, Order};
+use crate::data::{self, Loader};
 use crate::device::Backend;
 use crate::models::{self, Geometry, Net, ParamCount};
 use crate::provenance::Provenance;
@@ -200,20 +199,9 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         run.root.display()
     );
 
-    let train_loader = Loader::new(
-        Arc::new(data.train),
-        data.normalization.clone(),
-        config.batch_size,
-        Order::Shuffled {
-            seed: config.manual_seed,
-        },
-    );
-    let test_loader = Loader::new(
-        Arc::new(data.test),
-        data.normalization,
-        config.batch_size,
-        Order::Sequential,
-    );
+    // Augmented where the data set is (CIFAR). Until this was one call, the training loader
+    // was built without it, while the line above said "(random crop and flip)".
+    let (train_loader, test_loader) = data.into_loaders(config.batch_size, config.manual_seed);
     let loss_fn = CrossEntropyLoss::new(None, &device);
 
     let mut session_steps = 0usize;
