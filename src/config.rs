@@ -175,10 +175,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub nmasks: usize,
     /// Noise level: masks are scaled by this before they are added.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub level: f64,
     /// Multiplies the noise level of the first layer only.
-    #[arg(long = "scale_noise", alias = "scale-noise", default_value_t = 1.0)]
+    #[arg(long = "scale_noise", alias = "scale-noise", default_value_t = 1.0, allow_negative_numbers = true)]
     pub scale_noise: f64,
     /// Distribution of the noise masks: uniform in [-1, 1] or standard normal.
     #[arg(
@@ -190,7 +190,7 @@ pub struct TrainArgs {
     )]
     pub noise_type: NoiseType,
     /// Dropout probability before the fully connected layers (lenet, cifarnet).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub dropout: f64,
     /// Activation function, used in every layer.
     #[arg(long, value_enum, ignore_case = true, default_value = "relu")]
@@ -272,23 +272,23 @@ pub struct TrainArgs {
     )]
     pub optim_method: OptimMethod,
     /// Initial learning rate (decayed by the data set's step schedule).
-    #[arg(long = "learning-rate", alias = "learning_rate", default_value_t = 1e-3)]
+    #[arg(long = "learning-rate", alias = "learning_rate", default_value_t = 1e-3, allow_negative_numbers = true)]
     pub learning_rate: f64,
     /// Accepted for compatibility with the reference, which parses and ignores it; the step
     /// schedule of the data set decides the decay.
     #[arg(long = "learning-rate-decay", alias = "learning_rate_decay")]
     pub learning_rate_decay: Option<f64>,
     /// Momentum (SGD and RMSprop).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub momentum: f64,
     /// L2 weight decay, added to the gradient.
-    #[arg(long = "weight-decay", alias = "weight_decay", default_value_t = 1e-4)]
+    #[arg(long = "weight-decay", alias = "weight_decay", default_value_t = 1e-4, allow_negative_numbers = true)]
     pub weight_decay: f64,
     /// Adam beta1.
-    #[arg(long = "adam-beta1", alias = "adam_beta1", default_value_t = 0.9)]
+    #[arg(long = "adam-beta1", alias = "adam_beta1", default_value_t = 0.9, allow_negative_numbers = true)]
     pub adam_beta1: f64,
     /// Adam beta2.
-    #[arg(long = "adam-beta2", alias = "adam_beta2", default_value_t = 0.999)]
+    #[arg(long = "adam-beta2", alias = "adam_beta2", default_value_t = 0.999, allow_negative_numbers = true)]
     pub adam_beta2: f64,
 }
 

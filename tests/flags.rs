@@ -135,11 +135,11 @@ fn try_combination(flags: &str, geometry: Geometry, device: &Device) -> Outcome 
 #[test]
 fn out_of_range_numbers_are_refused_naming_their_flag() {
     for (flags, expected) in [
-        ("--momentum=-0.5", "--momentum"),
-        ("--weight-decay=-1", "--weight-decay"),
+        ("--momentum -0.5", "--momentum"),
+        ("--weight-decay -1", "--weight-decay"),
         ("--weight-decay NaN", "--weight-decay"),
         ("--adam-beta1 1.0", "--adam-beta1"),
-        ("--adam-beta2=-0.1", "--adam-beta2"),
+        ("--adam-beta2 -0.1", "--adam-beta2"),
         ("--train-subset 0", "--train-subset 0"),
         ("--test-subset 0", "--test-subset 0"),
         ("--nthreads 0", "--nthreads"),
@@ -158,4 +158,12 @@ fn out_of_range_numbers_are_refused_naming_their_flag() {
         let msg = format!("{err:#}");
         assert!(msg.contains(expected), "{flags}: {msg}");
     }
+}
+
+/// argparse takes `--level -0.5` as a value, so the reference's commands may hold one.
+#[test]
+fn negative_numbers_are_taken_as_values_as_argparse_does() {
+    let argv = ["pnn", "--level", "-0.5", "--scale_noise", "-1"];
+    let config = Cli::try_parse_from(argv).unwrap().args.to_config().unwrap();
+    assert_eq!((config.level, config.scale_noise), (-0.5, -1.0));
 }
