@@ -178,7 +178,12 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub level: f64,
     /// Multiplies the noise level of the first layer only.
-    #[arg(long = "scale_noise", alias = "scale-noise", default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(
+        long = "scale_noise",
+        alias = "scale-noise",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     pub scale_noise: f64,
     /// Distribution of the noise masks: uniform in [-1, 1] or standard normal.
     #[arg(
@@ -272,7 +277,12 @@ pub struct TrainArgs {
     )]
     pub optim_method: OptimMethod,
     /// Initial learning rate (decayed by the data set's step schedule).
-    #[arg(long = "learning-rate", alias = "learning_rate", default_value_t = 1e-3, allow_negative_numbers = true)]
+    #[arg(
+        long = "learning-rate",
+        alias = "learning_rate",
+        default_value_t = 1e-3,
+        allow_negative_numbers = true
+    )]
     pub learning_rate: f64,
     /// Accepted for compatibility with the reference, which parses and ignores it; the step
     /// schedule of the data set decides the decay.
@@ -282,13 +292,28 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub momentum: f64,
     /// L2 weight decay, added to the gradient.
-    #[arg(long = "weight-decay", alias = "weight_decay", default_value_t = 1e-4, allow_negative_numbers = true)]
+    #[arg(
+        long = "weight-decay",
+        alias = "weight_decay",
+        default_value_t = 1e-4,
+        allow_negative_numbers = true
+    )]
     pub weight_decay: f64,
     /// Adam beta1.
-    #[arg(long = "adam-beta1", alias = "adam_beta1", default_value_t = 0.9, allow_negative_numbers = true)]
+    #[arg(
+        long = "adam-beta1",
+        alias = "adam_beta1",
+        default_value_t = 0.9,
+        allow_negative_numbers = true
+    )]
     pub adam_beta1: f64,
     /// Adam beta2.
-    #[arg(long = "adam-beta2", alias = "adam_beta2", default_value_t = 0.999, allow_negative_numbers = true)]
+    #[arg(
+        long = "adam-beta2",
+        alias = "adam_beta2",
+        default_value_t = 0.999,
+        allow_negative_numbers = true
+    )]
     pub adam_beta2: f64,
 }
 
@@ -438,14 +463,20 @@ impl Config {
             bail!("--momentum must be a number of at least 0, got {}", self.momentum);
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            bail!("--weight-decay must be a number of at least 0, got {}", self.weight_decay);
+            bail!(
+                "--weight-decay must be a number of at least 0, got {}",
+                self.weight_decay
+            );
         }
         for (flag, beta) in [("--adam-beta1", self.adam_beta1), ("--adam-beta2", self.adam_beta2)] {
             if !(0.0..1.0).contains(&beta) {
                 bail!("{flag} {beta} must be in [0, 1)");
             }
         }
-        for (flag, subset) in [("--train-subset", self.train_subset), ("--test-subset", self.test_subset)] {
+        for (flag, subset) in [
+            ("--train-subset", self.train_subset),
+            ("--test-subset", self.test_subset),
+        ] {
             if subset == Some(0) {
                 bail!("{flag} 0 leaves no images: give the number of images to use, or leave the flag out");
             }

@@ -6,7 +6,6 @@ use std::process::Command;
 
 use common::{metrics_without_timing, serve, write_tiny_mnist};
 
-
 fn pnn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pnn"))
 }

@@ -64,7 +64,9 @@ fn idx_images_of_zero_pixels_are_refused() {
     use pnn::data::mnist::assemble;
     let images = parse_idx(&encode_idx(&[2, 0, 5], &[]), 3, "images").unwrap();
     let labels = parse_idx(&encode_idx(&[2], &[1, 2]), 1, "labels").unwrap();
-    let err = assemble(images, labels, "MNIST", "images", "labels").unwrap_err().to_string();
+    let err = assemble(images, labels, "MNIST", "images", "labels")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("images of 5x0 pixels"), "{err}");
 }
 

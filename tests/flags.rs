@@ -62,7 +62,11 @@ fn every_structural_flag_combination_is_refused_clearly_or_trains_a_step() {
                                 ("--train_masks", "--no-train_masks"),
                                 ("--use_act", "--no-use_act"),
                             ] {
-                                let on = if switch == "--mix_maps" { mix } else { rng.random_bool(0.5) };
+                                let on = if switch == "--mix_maps" {
+                                    mix
+                                } else {
+                                    rng.random_bool(0.5)
+                                };
                                 flags.push(' ');
                                 flags.push_str(if on { switch } else { off });
                             }

@@ -60,7 +60,9 @@ fn config(data: &Path, nepochs: usize, extra: &[&str]) -> Config {
 static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn options(save: &Path, resume: Option<PathBuf>, stop_after_steps: Option<usize>) -> RunOptions {
@@ -97,7 +99,11 @@ fn a_run_stopped_mid_epoch_and_resumed_matches_the_uninterrupted_run() {
 
     let err = train::train(&cfg, options(&stopped, Some(last.clone()), Some(12))).unwrap_err();
     let interrupted = err.downcast_ref::<Interrupted>().expect("stopped on request");
-    assert_eq!((interrupted.epoch, interrupted.steps_done), (2, 4), "8 steps finish epoch 1, 4 more in epoch 2");
+    assert_eq!(
+        (interrupted.epoch, interrupted.steps_done),
+        (2, 4),
+        "8 steps finish epoch 1, 4 more in epoch 2"
+    );
     assert_eq!(checkpoint::load_state(&last).unwrap().epochs_done, 1);
 
     let summary = train::train(&cfg, options(&stopped, Some(last.clone()), None)).unwrap();
@@ -197,7 +203,10 @@ fn damaged_tampered_or_foreign_checkpoints_are_refused_with_the_reason() {
 
     // The run folder instead of its checkpoint: the right path is named.
     let msg = resume_error(data.path(), &run, &run, &[]);
-    assert!(msg.contains("is a run folder, not a checkpoint") && msg.contains("checkpoint-last"), "{msg}");
+    assert!(
+        msg.contains("is a run folder, not a checkpoint") && msg.contains("checkpoint-last"),
+        "{msg}"
+    );
 
     // A checkpoint of another model: the differing settings are named.
     let msg = resume_error(data.path(), &run, &good, &["--nfilters", "16"]);
@@ -220,7 +229,10 @@ fn a_diverging_loss_stops_the_run_naming_epoch_step_and_causes() {
     let err = format!("{:#}", train::train(&cfg, options(&run, None, None)).unwrap_err());
     assert!(err.contains("the training loss became"), "{err}");
     assert!(err.contains("at epoch 1, step"), "{err}");
-    assert!(err.contains("--learning-rate 100000000000000000000000000000000000000"), "{err}");
+    assert!(
+        err.contains("--learning-rate 100000000000000000000000000000000000000"),
+        "{err}"
+    );
     assert!(err.contains("--level"), "{err}");
     assert!(!run.join("checkpoint-last").exists(), "nothing diverged is saved");
     assert!(!run.join("metrics.jsonl").exists());
@@ -264,9 +276,15 @@ fn ctrl_c_during_training_writes_a_checkpoint_and_prints_the_resume_command() {
     let mut line = String::new();
     while !line.contains("Epoch 1/1000") {
         line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "the run ended before its first epoch line");
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the run ended before its first epoch line"
+        );
     }
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

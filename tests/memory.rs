@@ -54,18 +54,30 @@ fn the_largest_batch_that_fits_is_named_and_a_fitting_one_passes() {
     assert_eq!(estimate.largest_batch(200 * MIB), 21);
     assert!(estimate.total(21) <= 200 * MIB && estimate.total(22) > 200 * MIB);
     assert!(memory::check(&estimate, 21, 200 * MIB, "--memory-budget").is_ok());
-    let msg = format!("{:#}", memory::check(&estimate, 64, 200 * MIB, "--memory-budget").unwrap_err());
+    let msg = format!(
+        "{:#}",
+        memory::check(&estimate, 64, 200 * MIB, "--memory-budget").unwrap_err()
+    );
     assert!(msg.contains("needs about 260 MiB at --batch-size 64"), "{msg}");
     assert!(msg.contains("--memory-budget is 200 MiB"), "{msg}");
     assert!(msg.contains("use --batch-size 21 (the largest that fits)"), "{msg}");
     assert!(msg.contains("--force"), "{msg}");
     // Never less than what the process holds already.
-    let holding = MemoryEstimate { resident: 500 * MIB, ..estimate };
+    let holding = MemoryEstimate {
+        resident: 500 * MIB,
+        ..estimate
+    };
     assert_eq!(holding.total(2), 500 * MIB);
     assert_eq!(holding.largest_batch(400 * MIB), 0);
-    let msg = format!("{:#}", memory::check(&holding, 2, 400 * MIB, "--memory-budget").unwrap_err());
+    let msg = format!(
+        "{:#}",
+        memory::check(&holding, 2, 400 * MIB, "--memory-budget").unwrap_err()
+    );
     assert!(msg.contains("the data and the model alone exceed it"), "{msg}");
-    let msg = format!("{:#}", memory::check(&estimate, 64, 171 * MIB, "--memory-budget").unwrap_err());
+    let msg = format!(
+        "{:#}",
+        memory::check(&estimate, 64, 171 * MIB, "--memory-budget").unwrap_err()
+    );
     assert!(msg.contains("even a batch of 2 does not fit"), "{msg}");
 }
 
@@ -82,12 +94,17 @@ fn the_estimate_extrapolates_to_the_measured_peak_of_a_step() {
     ] {
         let cfg = config(flags);
         let geometry = Geometry::of(&cfg).unwrap();
-        let estimate = memory::estimate(&cfg, geometry, &device).unwrap().expect("the allocator counts");
+        let estimate = memory::estimate(&cfg, geometry, &device)
+            .unwrap()
+            .expect("the allocator counts");
         for batch in [32, 64] {
             let measured = memory::step_peak(&cfg, geometry, batch, &device).unwrap().unwrap();
             let predicted = estimate.step(batch);
             let error = predicted.abs_diff(measured) as f64 / measured as f64;
-            println!("{flags} batch {batch}: predicted {predicted} measured {measured} ({:.1}%)", 100.0 * error);
+            println!(
+                "{flags} batch {batch}: predicted {predicted} measured {measured} ({:.1}%)",
+                100.0 * error
+            );
             assert!(
                 error < 0.15,
                 "{flags} batch {batch}: predicted {predicted} bytes, measured {measured}"
@@ -112,7 +129,10 @@ fn a_run_over_its_memory_budget_is_refused_before_it_starts_unless_forced() {
         ..RunOptions::quiet(Some(save.clone()))
     };
     let msg = format!("{:#}", train::train(&cfg, opts).unwrap_err());
-    assert!(msg.contains("needs about") && msg.contains("--memory-budget is 1 MiB"), "{msg}");
+    assert!(
+        msg.contains("needs about") && msg.contains("--memory-budget is 1 MiB"),
+        "{msg}"
+    );
     assert!(msg.contains("--force"), "{msg}");
     assert!(!save.exists(), "a refused run leaves no folder behind");
 

@@ -172,9 +172,9 @@ fn decode(split: Encoded, classes: &[String], source: &str) -> Result<ImageSet> 
             set.height = h;
             // Room for exactly this split. (It reserved room for 1024 images of the first one's
             // size: the folder fuzzer's 973-byte JPEG declaring 224x65497 pixels asked for 45 GB.)
-            let bytes = (w * h * 3).checked_mul(count).with_context(|| {
-                format!("{source}: {count} images of {w}x{h} pixels do not fit in memory")
-            })?;
+            let bytes = (w * h * 3)
+                .checked_mul(count)
+                .with_context(|| format!("{source}: {count} images of {w}x{h} pixels do not fit in memory"))?;
             set.images
                 .try_reserve_exact(bytes)
                 .map_err(|_| anyhow::anyhow!("{source}: {count} images of {w}x{h} pixels do not fit in memory"))?;

@@ -133,7 +133,11 @@ fn check_geometry(config: &Config, geometry: Geometry) -> Result<()> {
         NetType::Cifarnet => {
             let mut size = side;
             for i in 0..6 {
-                let filter = if i == 0 { config.first_filter_size } else { config.filter_size };
+                let filter = if i == 0 {
+                    config.first_filter_size
+                } else {
+                    config.filter_size
+                };
                 size = shrink(size, filter, &format!("layer {}", i + 1))?;
                 if i % 2 == 1 {
                     size = pool(size);
@@ -158,7 +162,10 @@ fn check_geometry(config: &Config, geometry: Geometry) -> Result<()> {
                 }
                 size /= stride;
                 if size == 0 {
-                    bail!("{flags}: the feature maps shrink to nothing before stage {}: use larger images", stage + 1);
+                    bail!(
+                        "{flags}: the feature maps shrink to nothing before stage {}: use larger images",
+                        stage + 1
+                    );
                 }
             }
         }

@@ -19,9 +19,9 @@ use super::stats::Stat;
 use super::table::{compare_csv, markdown_table, thousands};
 use crate::config::{Config, TrainArgs};
 use crate::device::Backend;
-use crate::train::interrupt::StopFlag;
 use crate::train::checkpoint;
 use crate::train::files::write_atomic;
+use crate::train::interrupt::StopFlag;
 use crate::train::run_dir::RunSummaryFile;
 use crate::train::{self, RunOptions};
 

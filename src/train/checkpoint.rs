@@ -104,9 +104,12 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
         )
     })?;
     // The version first, so that another version's layout is named as such, not as damage.
-    let version = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| Some((v.get("format_version")?.as_u64()?, v.get("pnn_version")?.as_str()?.to_string())));
+    let version = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| {
+        Some((
+            v.get("format_version")?.as_u64()?,
+            v.get("pnn_version")?.as_str()?.to_string(),
+        ))
+    });
     if let Some((found, by)) = version
         && found != u64::from(FORMAT_VERSION)
     {
@@ -121,7 +124,10 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
     for name in [MODEL_FILE, OPTIMIZER_FILE] {
         let file = dir.join(name);
         let Some(expected) = state.sha256.get(name) else {
-            bail!("{} records no checksum for {name}: the checkpoint is damaged and is refused", path.display());
+            bail!(
+                "{} records no checksum for {name}: the checkpoint is damaged and is refused",
+                path.display()
+            );
         };
         let found = sha256_file(&file).with_context(|| format!("the checkpoint {} is incomplete", dir.display()))?;
         if &found != expected {

@@ -35,7 +35,9 @@ pub fn install_handler() -> anyhow::Result<StopFlag> {
             eprintln!("\nSecond interrupt: stopping now. The last checkpoint written is intact.");
             std::process::exit(EXIT_INTERRUPTED.into());
         }
-        eprintln!("\nInterrupted: finishing the current step and writing a checkpoint (interrupt again to stop at once)");
+        eprintln!(
+            "\nInterrupted: finishing the current step and writing a checkpoint (interrupt again to stop at once)"
+        );
         handler_flag.request();
     })
     .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;

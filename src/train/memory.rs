@@ -129,7 +129,10 @@ fn probe_steps(config: &Config, mut model: Net, geometry: Geometry, batch: usize
     let side = geometry.input_size;
     for _ in 0..2 {
         let images = Tensor::<4>::from_data(
-            TensorData::new(vec![0.5f32; batch * geometry.channels * side * side], [batch, geometry.channels, side, side]),
+            TensorData::new(
+                vec![0.5f32; batch * geometry.channels * side * side],
+                [batch, geometry.channels, side, side],
+            ),
             device,
         );
         let labels: Vec<i64> = (0..batch as i64).map(|i| i % geometry.num_classes as i64).collect();
@@ -159,7 +162,10 @@ pub fn available_bytes() -> Option<usize> {
     };
     let mut free = kib("MemAvailable:")? * 1024;
     let cgroup = |file: &str| -> Option<usize> { std::fs::read_to_string(file).ok()?.trim().parse().ok() };
-    if let (Some(max), Some(current)) = (cgroup("/sys/fs/cgroup/memory.max"), cgroup("/sys/fs/cgroup/memory.current")) {
+    if let (Some(max), Some(current)) = (
+        cgroup("/sys/fs/cgroup/memory.max"),
+        cgroup("/sys/fs/cgroup/memory.current"),
+    ) {
         free = free.min(max.saturating_sub(current));
     }
     Some(free + resident_bytes().unwrap_or(0))

@@ -81,7 +81,10 @@ impl RunDir {
         let logs = logs.unwrap_or_else(|| root.clone());
         for dir in [&root, &logs] {
             if dir.exists() && !dir.is_dir() {
-                anyhow::bail!("{} is a file, not a folder: give --save (or --logs) a folder", dir.display());
+                anyhow::bail!(
+                    "{} is a file, not a folder: give --save (or --logs) a folder",
+                    dir.display()
+                );
             }
             fs::create_dir_all(dir).with_context(|| format!("cannot create the run folder {}", dir.display()))?;
         }

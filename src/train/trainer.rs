@@ -329,7 +329,13 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
 
 /// Measures what a step needs (CPU only: GPU memory is not the host allocator's) and refuses a
 /// run that would not fit, unless forced.
-fn check_memory(config: &Config, geometry: Geometry, device: &Device, opts: &RunOptions, train_len: usize) -> Result<()> {
+fn check_memory(
+    config: &Config,
+    geometry: Geometry,
+    device: &Device,
+    opts: &RunOptions,
+    train_len: usize,
+) -> Result<()> {
     if !opts.backend.is_cpu() {
         return Ok(());
     }

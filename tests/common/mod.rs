@@ -93,7 +93,6 @@ pub fn write_tiny_mnist(dir: &Path, n_train: usize, n_test: usize) {
     }
 }
 
-
 /// The lines of a run's `metrics.jsonl` without the fields that measure time.
 pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
     let jsonl = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
