@@ -9,8 +9,14 @@ use pnn::data::cifar::{CifarKind, parse_records};
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&kind, bytes)) = data.split_first() else { return };
-    let kind = if kind & 1 == 0 { CifarKind::Cifar10 } else { CifarKind::Cifar100 };
+    let Some((&kind, bytes)) = data.split_first() else {
+        return;
+    };
+    let kind = if kind & 1 == 0 {
+        CifarKind::Cifar10
+    } else {
+        CifarKind::Cifar100
+    };
     let mut set = ImageSet {
         images: Vec::new(),
         labels: Vec::new(),

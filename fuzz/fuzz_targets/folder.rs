@@ -27,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
     for (i, bytes) in files.iter().enumerate() {
         let class = if i % 2 == 0 { "a" } else { "b" };
         let entry = (class.to_string(), format!("{class}/{i}.png"), bytes.to_vec());
-        if i < 2 { train.push(entry.clone()) }
+        if i < 2 {
+            train.push(entry.clone())
+        }
         // The test split gets every file too, so that one file is enough for both splits.
         test.push(entry);
     }
