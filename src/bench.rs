@@ -27,10 +27,7 @@ pub struct BenchResult {
 
 /// Peak resident memory of this process (Linux), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    crate::train::memory::process_status_bytes("VmHWM:").map(|bytes| bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn synthetic_set(geometry: Geometry, n: usize) -> ImageSet {

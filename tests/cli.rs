@@ -4,35 +4,16 @@ mod common;
 
 use std::process::Command;
 
-use common::{metrics_without_timing, serve, write_tiny_mnist};
+use common::{TINY_LENET, metrics_without_timing, serve, write_tiny_mnist};
 
 fn pnn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pnn"))
 }
 
 fn train_args<'a>(data: &'a str, save: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--net-type",
-        "lenet",
-        "--dataset-train",
-        "MNIST",
-        "--dataset-test",
-        "MNIST",
-        "--dataroot",
-        data,
-        "--save",
-        save,
-        "--nfilters",
-        "8",
-        "--batch-size",
-        "16",
-        "--nepochs",
-        epochs,
-        "--learning-rate",
-        "0.05",
-        "--use_act",
-    ]
+    let mut args = vec!["train", "--dataroot", data, "--save", save, "--nepochs", epochs];
+    args.extend(TINY_LENET);
+    args
 }
 
 #[test]

@@ -7,17 +7,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use clap::Parser;
 use pnn::config::TrainArgs;
 use pnn::models::{self, Geometry};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: TrainArgs,
-}
 
 const NETS: [&str; 5] = ["lenet", "cifarnet", "resnet18", "noiseresnet18", "perturb_resnet18"];
 const SIZES: [usize; 5] = [0, 1, 3, 5, 7];
@@ -105,8 +98,7 @@ enum Outcome {
 }
 
 fn try_combination(flags: &str, geometry: Geometry, device: &Device) -> Outcome {
-    let argv = ["pnn"].into_iter().chain(flags.split_whitespace());
-    let config = match Cli::try_parse_from(argv).unwrap().args.to_config() {
+    let config = match TrainArgs::parse_flags(flags.split_whitespace()).unwrap().to_config() {
         Ok(c) => c,
         Err(e) => return Outcome::Refused(format!("{e:#}")),
     };
@@ -157,8 +149,10 @@ fn out_of_range_numbers_are_refused_naming_their_flag() {
         ("--filter_size 2", "--filter_size 2"),
         ("--net-type perturb_resnet18 --filter_size 5", "--filter_size 5"),
     ] {
-        let argv = ["pnn"].into_iter().chain(flags.split_whitespace());
-        let err = Cli::try_parse_from(argv).unwrap().args.to_config().unwrap_err();
+        let err = TrainArgs::parse_flags(flags.split_whitespace())
+            .unwrap()
+            .to_config()
+            .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains(expected), "{flags}: {msg}");
     }
@@ -167,7 +161,7 @@ fn out_of_range_numbers_are_refused_naming_their_flag() {
 /// argparse takes `--level -0.5` as a value, so the reference's commands may hold one.
 #[test]
 fn negative_numbers_are_taken_as_values_as_argparse_does() {
-    let argv = ["pnn", "--level", "-0.5", "--scale_noise", "-1"];
-    let config = Cli::try_parse_from(argv).unwrap().args.to_config().unwrap();
+    let flags = ["--level", "-0.5", "--scale_noise", "-1"];
+    let config = TrainArgs::parse_flags(flags).unwrap().to_config().unwrap();
     assert_eq!((config.level, config.scale_noise), (-0.5, -1.0));
 }

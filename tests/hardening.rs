@@ -7,51 +7,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
-use clap::Parser;
-use common::{metrics_without_timing, write_tiny_mnist};
+use common::{TINY_LENET, metrics_without_timing, write_tiny_mnist};
 use pnn::config::{Config, TrainArgs};
 use pnn::train::checkpoint;
 use pnn::train::interrupt::Interrupted;
 use pnn::train::{self, RunOptions};
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: TrainArgs,
-}
-
-/// lenet on the tiny MNIST set. Its dropout draws random numbers every step, so an inexact
-/// random state on resume would show in the numbers.
+/// lenet on the tiny MNIST set, with `extra` flags replacing or adding to [`TINY_LENET`].
 fn config(data: &Path, nepochs: usize, extra: &[&str]) -> Config {
     let nepochs = nepochs.to_string();
-    let mut argv = vec![
-        "pnn",
-        "--net-type",
-        "lenet",
-        "--dataset-train",
-        "MNIST",
-        "--dataset-test",
-        "MNIST",
-        "--dataroot",
-        data.to_str().unwrap(),
-        "--nfilters",
-        "8",
-        "--batch-size",
-        "16",
-        "--learning-rate",
-        "0.05",
-        "--use_act",
-        "--nepochs",
-        &nepochs,
-    ];
+    let mut flags = vec!["--dataroot", data.to_str().unwrap(), "--nepochs", &nepochs];
+    flags.extend(TINY_LENET);
     // A flag in `extra` replaces the default one (clap refuses a flag given twice).
     for pair in extra.chunks(2) {
-        if let Some(at) = argv.iter().position(|a| *a == pair[0]) {
-            argv.drain(at..at + 2);
+        if let Some(at) = flags.iter().position(|a| *a == pair[0]) {
+            flags.drain(at..at + 2);
         }
-        argv.extend_from_slice(pair);
+        flags.extend_from_slice(pair);
     }
-    Cli::try_parse_from(argv).unwrap().args.to_config().unwrap()
+    TrainArgs::parse_flags(flags).unwrap().to_config().unwrap()
 }
 
 /// burn's random generator is one per process and `train` reseeds it at every step, so two runs
@@ -248,21 +222,8 @@ fn ctrl_c_during_training_writes_a_checkpoint_and_prints_the_resume_command() {
     let runs = tempfile::tempdir().unwrap();
     let save = runs.path().join("run");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pnn"))
-        .args([
-            "train",
-            "--net-type",
-            "lenet",
-            "--dataset-train",
-            "MNIST",
-            "--dataset-test",
-            "MNIST",
-            "--nfilters",
-            "8",
-            "--batch-size",
-            "16",
-            "--nepochs",
-            "1000",
-        ])
+        .args(["train", "--nepochs", "1000"])
+        .args(TINY_LENET)
         .arg("--dataroot")
         .arg(data.path())
         .arg("--save")

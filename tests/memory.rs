@@ -6,7 +6,6 @@ mod common;
 use std::sync::{Mutex, MutexGuard};
 
 use burn::tensor::Device;
-use clap::Parser;
 use common::write_tiny_mnist;
 use pnn::allocator::Counting;
 use pnn::config::{Config, TrainArgs};
@@ -25,15 +24,11 @@ fn measuring() -> MutexGuard<'static, ()> {
     MEASURING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: TrainArgs,
-}
-
 fn config(flags: &str) -> Config {
-    let argv = ["pnn"].into_iter().chain(flags.split_whitespace());
-    Cli::try_parse_from(argv).unwrap().args.to_config().unwrap()
+    TrainArgs::parse_flags(flags.split_whitespace())
+        .unwrap()
+        .to_config()
+        .unwrap()
 }
 
 const MIB: usize = 1 << 20;

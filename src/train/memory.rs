@@ -144,23 +144,28 @@ fn probe_steps(config: &Config, mut model: Net, geometry: Geometry, batch: usize
     }
 }
 
-/// The resident memory of this process now (Linux's VmRSS), in bytes.
-pub fn resident_bytes() -> Option<usize> {
+/// A "Key:   N kB" field of a /proc file's text (`/proc/self/status`, `/proc/meminfo`), in KiB.
+fn kib_field(text: &str, key: &str) -> Option<usize> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A field of `/proc/self/status` (Linux), in bytes: `VmRSS:` now, `VmHWM:` at the peak.
+pub fn process_status_bytes(key: &str) -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    Some(kib_field(&status, key)? * 1024)
+}
+
+/// The resident memory of this process now, in bytes.
+pub fn resident_bytes() -> Option<usize> {
+    process_status_bytes("VmRSS:")
 }
 
 /// Memory this process may still use, in bytes: what the system reports available (Linux's
 /// MemAvailable), capped by a cgroup limit where there is one, plus what it holds already.
 pub fn available_bytes() -> Option<usize> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib = |key: &str| -> Option<usize> {
-        let line = meminfo.lines().find(|l| l.starts_with(key))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    };
-    let mut free = kib("MemAvailable:")? * 1024;
+    let mut free = kib_field(&meminfo, "MemAvailable:")? * 1024;
     let cgroup = |file: &str| -> Option<usize> { std::fs::read_to_string(file).ok()?.trim().parse().ok() };
     if let (Some(max), Some(current)) = (
         cgroup("/sys/fs/cgroup/memory.max"),

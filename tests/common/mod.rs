@@ -66,6 +66,24 @@ pub fn write_cifar10_release(dir: &Path, per_file: usize) {
     }
 }
 
+/// lenet flags for the set of [`write_tiny_mnist`]: an epoch trains in a moment. Its dropout
+/// draws random numbers every step, so a wrong random state on resume shows in the numbers.
+pub const TINY_LENET: [&str; 13] = [
+    "--net-type",
+    "lenet",
+    "--dataset-train",
+    "MNIST",
+    "--dataset-test",
+    "MNIST",
+    "--nfilters",
+    "8",
+    "--batch-size",
+    "16",
+    "--learning-rate",
+    "0.05",
+    "--use_act",
+];
+
 /// A tiny MNIST-layout set: class k has a bright square at a position that depends on k, so a
 /// model can learn it in one epoch.
 pub fn write_tiny_mnist(dir: &Path, n_train: usize, n_test: usize) {
