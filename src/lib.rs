@@ -6,6 +6,7 @@
 //! - [`data`]: reading data sets and batching them.
 //! - [`train`]: the training loop, optimisers, schedule, metrics and checkpoints.
 //! - [`report`]: figures, comparison tables and the reproduction's experiment table.
+//! - [`theory`]: empirical tests of the paper's arguments (`fit-conv`, `noise-stats`).
 //! - [`allocator`]: the memory allocator policy of pnn's programs.
 //! - [`provenance`]: the build, machine and backend recorded beside every result.
 
@@ -18,4 +19,5 @@ pub mod layer;
 pub mod models;
 pub mod provenance;
 pub mod report;
+pub mod theory;
 pub mod train;

@@ -79,6 +79,15 @@ enum Command {
         #[arg(long)]
         csv: Option<PathBuf>,
     },
+    /// Fit a perturbation layer to a convolution (random, or a layer of a resnet18 checkpoint)
+    /// on 1, N, ... training images, beside a plain 1x1 convolution and the convolution's own
+    /// size, and score every fit on held-out images: can the noise stand in for the kernel?
+    #[command(name = "fit-conv")]
+    FitConv(pnn::theory::cli::FitConvArgs),
+    /// Statistics of a convolution's neighbourhood term (its output minus the centre tap's)
+    /// beside those of a perturbation layer's masks: does it behave like additive noise?
+    #[command(name = "noise-stats")]
+    NoiseStats(pnn::theory::cli::NoiseStatsArgs),
     /// Run the reproduction's experiment table (its README's 8 CIFAR-10 commands) with the
     /// budget given, and write the table with the published figures beside, and figures.
     /// Started again, it skips finished runs and resumes an unfinished one.
@@ -205,6 +214,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 write_atomic(&path, &table::compare_csv(&runs)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
+            }
+        }
+        Command::FitConv(args) => {
+            let opts = args.to_options()?;
+            let out = args.study.out_or("fit-conv");
+            let result = pnn::theory::fit_conv::run(&opts)?;
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            print!("{}", pnn::theory::fit_report::markdown(&result, &command));
+            for path in pnn::theory::fit_report::write(&out, &result, &args, &command)? {
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::NoiseStats(args) => {
+            let opts = args.to_options()?;
+            let out = args.study.out_or("noise-stats");
+            let stats = pnn::theory::noise_stats::run(&opts)?;
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            let (images, level) = (opts.images, opts.perturb.level);
+            print!(
+                "{}",
+                pnn::theory::noise_report::markdown(&stats, images, level, &command)
+            );
+            for path in pnn::theory::noise_report::write(&out, &stats, images, level, &args, &command)? {
+                println!("wrote {}", path.display());
             }
         }
         Command::Reproduce {

@@ -120,22 +120,27 @@ impl PerturbLayer {
             // Convolution layer: conv -> BatchNorm -> activation.
             return self.act.forward(self.bn.forward(conv::forward(&self.conv, x)));
         };
-        let noise = noise.val();
-        // The fused kernel where it pays: several masks per channel (with one mask the perturbed
-        // maps are no larger than the input, and flex's convolution beats the kernel's loops:
-        // bench/fused.sh measured 12.3 vs 4.3 images/s), on the CPU backend, with an activation
-        // it knows, and without --debug (which prints perturbed maps the kernel never stores).
-        let several_masks = noise.dims()[2] > 1;
-        let y = match self.fused_act() {
-            Some(act) if several_masks && !self.debug && fused::available(&x.device()) => {
-                self.combine_fused(x, noise, act)
-            }
-            _ => self.combine_unfused(x, noise),
-        };
+        let y = self.combine(x, noise.val());
         let y = self.act.forward(self.bn.forward(y));
         match &self.mix {
             Some(mix) => self.act.forward(mix.bn.forward(conv::forward(&mix.conv, y))),
             None => y,
+        }
+    }
+
+    /// `conv(act(x + level * noise))`, before BatchNorm: by the fused kernel where it pays,
+    /// several masks per channel (with one mask the perturbed maps are no larger than the input,
+    /// and flex's convolution beats the kernel's loops: bench/fused.sh measured 12.3 vs 4.3
+    /// images/s), on the CPU backend, with an activation it knows, with the reproduction's
+    /// grouping, and without --debug (which prints perturbed maps the kernel never stores).
+    pub fn combine(&self, x: Tensor<4>, noise: Tensor<5>) -> Tensor<4> {
+        let several_masks = noise.dims()[2] > 1;
+        let grouped = self.conv.groups == x.dims()[1];
+        match self.fused_act() {
+            Some(act) if several_masks && grouped && !self.debug && fused::available(&x.device()) => {
+                self.combine_fused(x, noise, act)
+            }
+            _ => self.combine_unfused(x, noise),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
@@ -76,5 +77,46 @@ impl ResNet18 {
             x = block.forward(x);
         }
         self.linear.forward(global_average_pool(x))
+    }
+
+    /// The 3x3 convolutions in the order data meets them: 0 is the stem, then conv1 and conv2
+    /// of each block (`pnn fit-conv --layer`).
+    pub fn convs(&self) -> Vec<&Conv2d> {
+        let mut convs = vec![&self.stem.conv];
+        for block in &self.blocks {
+            convs.push(&block.conv1.conv);
+            convs.push(&block.conv2.conv);
+        }
+        convs
+    }
+
+    /// Where convolution `index` of [`Self::convs`] sits, in words.
+    pub fn conv_name(index: usize) -> String {
+        match index {
+            0 => "the stem".into(),
+            i => format!(
+                "block {} conv{} (stage {})",
+                (i - 1) / 2 + 1,
+                (i - 1) % 2 + 1,
+                (i - 1) / 2 / BLOCKS_PER_STAGE + 1
+            ),
+        }
+    }
+
+    /// The maps convolution `index` of [`Self::convs`] receives for images `x`.
+    pub fn conv_input(&self, x: Tensor<4>, index: usize) -> Tensor<4> {
+        if index == 0 {
+            return x;
+        }
+        let (block, second) = ((index - 1) / 2, (index - 1) % 2 == 1);
+        let mut x = relu(self.stem.forward(x));
+        for b in &self.blocks[..block] {
+            x = b.forward(x);
+        }
+        if second {
+            relu(self.blocks[block].conv1.forward(x))
+        } else {
+            x
+        }
     }
 }

@@ -56,6 +56,16 @@ pub struct Figure {
     pub curves: Vec<Curve>,
     /// Small print under the legend: provenance and budget.
     pub notes: Vec<String>,
+    pub axes: Axes,
+}
+
+/// How the axes read their values.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Axes {
+    /// x values are logarithms in this base: ticks at whole x read `base^x` (1, 2, 4, ...).
+    pub x_log_base: Option<f64>,
+    /// y is not a percentage of 0-100 (accuracy) but any value from 0 up.
+    pub y_unbounded: bool,
 }
 
 impl Figure {
@@ -126,7 +136,12 @@ impl Figure {
         }
         let x_pad = ((x1 - x0) * 0.03).max(0.5);
         let y_pad = ((y1 - y0) * 0.08).max(1.0);
-        (x0 - x_pad..x1 + x_pad, (y0 - y_pad).max(0.0)..(y1 + y_pad).min(100.0))
+        let y_top = if self.axes.y_unbounded {
+            y1 + y_pad
+        } else {
+            (y1 + y_pad).min(100.0)
+        };
+        (x0 - x_pad..x1 + x_pad, (y0 - y_pad).max(0.0)..y_top)
     }
 
     fn draw<DB: DrawingBackend>(
@@ -149,7 +164,11 @@ impl Figure {
             .y_desc(&self.y_label)
             .x_labels(epochs.min(12) + 1)
             .y_labels(10)
-            .x_label_formatter(&|x| whole_number(*x))
+            .x_label_formatter(&|x| match self.axes.x_log_base {
+                Some(base) if (x - x.round()).abs() < 1e-6 => format!("{}", base.powf(x.round()).round()),
+                Some(_) => String::new(),
+                None => whole_number(*x),
+            })
             .y_label_formatter(&|y| tick_label(*y))
             .label_style((FAMILY, 15))
             .axis_desc_style((FAMILY, 17))

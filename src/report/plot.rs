@@ -62,6 +62,7 @@ pub fn reported_vs_correct(run: &RecordedRun) -> Figure {
             describe_run(c),
             run.summary.provenance.line(),
         ],
+        axes: Default::default(),
     }
 }
 
@@ -115,6 +116,7 @@ pub fn groups_figure(title: &str, groups: &[(String, Vec<&RecordedRun>)], report
         .into(),
         curves,
         notes,
+        axes: Default::default(),
     }
 }
 

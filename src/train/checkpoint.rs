@@ -174,6 +174,18 @@ pub fn load_into(dir: &Path, model: Net, optim: ModuleOptimizer) -> Result<(Net,
     Ok((model, optim))
 }
 
+/// Loads only the model of a checkpoint (after checking its state and checksums) into a
+/// freshly built one of the same shape: for studying a trained model, not resuming it.
+pub fn load_model(dir: &Path, model: Net) -> Result<Net> {
+    load_state(dir)?;
+    model.try_load_file(dir.join(MODEL_FILE)).map_err(|e| {
+        anyhow::anyhow!(
+            "the model in {} does not fit the configuration recorded beside it ({e}): the checkpoint is damaged",
+            dir.display()
+        )
+    })
+}
+
 fn sha256_file(path: &Path) -> Result<String> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())

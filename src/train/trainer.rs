@@ -503,14 +503,21 @@ pub fn count_correct(output: Tensor<2>, labels: Tensor<1, Int>) -> usize {
 }
 
 fn progress_bar(len: usize, prefix: &str) -> ProgressBar {
+    progress_bar_of(len, prefix, "batches")
+}
+
+/// A progress bar on a terminal (hidden otherwise) counting `unit`.
+pub fn progress_bar_of(len: usize, prefix: &str, unit: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches {elapsed_precise} eta {eta} {msg}")
-            .expect("valid progress template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(&format!(
+            "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed_precise}} eta {{eta}} {{msg}}"
+        ))
+        .expect("valid progress template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(prefix.to_string());
     bar
