@@ -217,6 +217,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::FitConv(args) => {
+            if let Some(dir) = &args.redraw {
+                let record = pnn::theory::fit_report::read_back(dir)?;
+                let out = args.study.out.clone().unwrap_or_else(|| dir.clone());
+                for path in pnn::theory::fit_report::draw(&out, &record)? {
+                    println!("wrote {}", path.display());
+                }
+                return Ok(());
+            }
             let opts = args.to_options()?;
             let out = args.study.out_or("fit-conv");
             let result = pnn::theory::fit_conv::run(&opts)?;

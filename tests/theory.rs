@@ -320,6 +320,20 @@ fn fit_conv_end_to_end_with_trained_masks() {
     // Trainable masks fit the one image better than the same masks fixed.
     let (fixed, trained) = (get("1", "perturb", "8").0, get("1", "perturb-trained", "8").0);
     assert!(trained < fixed, "trained masks {trained} vs fixed {fixed}");
+
+    // --redraw draws the table and figures again from the record alone.
+    let table = std::fs::read_to_string(out.join("fit-conv.md")).unwrap();
+    let record = std::fs::read_to_string(out.join("fit-conv.json")).unwrap();
+    for f in ["fit-conv.md", "error-vs-masks.png", "error-vs-images.svg"] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
+    let o = pnn(&["fit-conv", "--redraw", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("fit-conv.md")).unwrap(), table);
+    assert_eq!(std::fs::read_to_string(out.join("fit-conv.json")).unwrap(), record);
+    assert!(out.join("error-vs-masks.png").is_file() && out.join("error-vs-images.svg").is_file());
+    let o = pnn(&["fit-conv", "--redraw", dir.path().to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("give a folder written by pnn fit-conv"));
 }
 
 #[test]

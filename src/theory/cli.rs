@@ -13,6 +13,7 @@ use super::noise_stats::NoiseStatsOptions;
 use super::perturb_fit::{Descent, PerturbChoice};
 use super::target::{TargetSource, checkpoint_config};
 use crate::config::{Act, Config, DatasetName, NoiseType, TrainArgs};
+use crate::models::ResNet18;
 
 /// What is studied and on which data.
 #[derive(Args, Debug, Clone, Serialize)]
@@ -108,6 +109,10 @@ pub struct FitConvArgs {
     /// Images per gradient step.
     #[arg(long = "gd-batch", default_value_t = 16)]
     pub gd_batch: usize,
+    /// Draw the table and figures of an earlier fit-conv folder again from its fit-conv.json,
+    /// without fitting (written into that folder, or --out).
+    #[arg(long, value_name = "DIR")]
+    pub redraw: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -197,7 +202,7 @@ impl FitConvArgs {
         if self.heldout == 0 {
             bail!("--heldout 0: score the fits on at least 1 test image");
         }
-        if self.train_masks && (self.gd_steps == 0 || self.gd_batch == 0 || !(self.gd_lr > 0.0)) {
+        if self.train_masks && (self.gd_steps == 0 || self.gd_batch == 0 || self.gd_lr.is_nan() || self.gd_lr <= 0.0) {
             bail!("--train_masks needs --gd-steps and --gd-batch of at least 1 and a positive --gd-lr");
         }
         if self.study.checkpoint().is_none() && self.layer != 0 {
@@ -262,12 +267,7 @@ impl NoiseStatsArgs {
 
 /// The stride-1 3x3 convolutions of resnet18 (all but the first conv1 of stages 2-4).
 fn stride_one_layers() -> Vec<usize> {
-    let strided = |i: usize| {
-        i > 0 && (i - 1) % 2 == 0 && {
-            let block = (i - 1) / 2;
-            block % crate::models::resnet::BLOCKS_PER_STAGE == 0 && block > 0
-        }
-    };
-    let total = 1 + 2 * crate::models::resnet::STAGES.len() * crate::models::resnet::BLOCKS_PER_STAGE;
-    (0..total).filter(|&i| !strided(i)).collect()
+    (0..ResNet18::CONVS)
+        .filter(|&i| ResNet18::conv_stride(i) == 1)
+        .collect()
 }

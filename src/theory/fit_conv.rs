@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::features::{Block, Fitter, Maps};
 use super::lstsq::{NormalEquations, predict};
@@ -72,7 +72,7 @@ pub struct FitConvOptions {
 }
 
 /// One fitted layer on one fit set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FitRow {
     pub fit_images: usize,
     /// `constant`, `conv1x1`, `perturb`, `perturb-trained`, `conv3x3` (the target's size).
@@ -86,7 +86,7 @@ pub struct FitRow {
     pub heldout_error: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FitConvResult {
     pub target: String,
     pub maps: MapsRecord,
@@ -95,7 +95,7 @@ pub struct FitConvResult {
     pub rows: Vec<FitRow>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MapsRecord {
     pub in_channels: usize,
     pub out_channels: usize,
@@ -272,7 +272,7 @@ fn check_choice(opts: &FitConvOptions, maps: Maps) -> Result<()> {
         bail!("--nmasks takes numbers of at least 1, e.g. --nmasks 1,2,4,8");
     }
     let grouped = opts.nmasks.iter().any(|&m| m > 1) && !opts.perturb.ungrouped;
-    if grouped && maps.outputs % maps.channels != 0 {
+    if grouped && !maps.outputs.is_multiple_of(maps.channels) {
         bail!(
             "with several masks the reproduction's layer combines each input channel's perturbed maps separately \
              (a grouped 1x1 convolution), which needs the output channels ({}) to be a multiple of the input \

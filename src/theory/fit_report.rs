@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::fit_conv::{FitConvResult, FitRow};
 use crate::provenance::Provenance;
@@ -113,6 +113,27 @@ pub fn csv(result: &FitConvResult) -> Result<Vec<u8>> {
     Ok(w.into_inner()?)
 }
 
+/// Figures draw errors above this (percent) at this height: a fit of one image can miss others
+/// by a factor of hundreds, which would flatten every other curve. The table has the values.
+const FIGURE_CAP: f64 = 150.0;
+
+/// An error in percent as a figure draws it.
+fn shown(error: f64) -> f64 {
+    (100.0 * error).min(FIGURE_CAP)
+}
+
+/// The notes of a figure, with a word on capped values where there are any.
+fn capped_notes(result: &FitConvResult, notes: &[String]) -> Vec<String> {
+    let mut notes = notes.to_vec();
+    if result.rows.iter().any(|r| 100.0 * r.heldout_error > FIGURE_CAP) {
+        notes.insert(
+            0,
+            format!("Errors above {FIGURE_CAP:.0}% are drawn at {FIGURE_CAP:.0}% (fits of one image, on other images): fit-conv.md has the values."),
+        );
+    }
+    notes
+}
+
 /// Held-out error against the number of masks: one curve per fit set, with the 1x1 convolution
 /// and the ceiling of the largest fit set as dashed references.
 pub fn error_vs_masks(result: &FitConvResult, notes: &[String]) -> Figure {
@@ -132,7 +153,7 @@ pub fn error_vs_masks(result: &FitConvResult, notes: &[String]) -> Figure {
                 .rows
                 .iter()
                 .filter(|r| r.fit_images == size && r.model == model)
-                .filter_map(|r| r.nmasks.map(|m| (x(m), 100.0 * r.heldout_error, None)))
+                .filter_map(|r| r.nmasks.map(|m| (x(m), shown(r.heldout_error), None)))
                 .collect();
             if !points.is_empty() {
                 curves.push(Curve {
@@ -177,7 +198,7 @@ pub fn error_vs_masks(result: &FitConvResult, notes: &[String]) -> Figure {
         x_label: "noise masks per input channel".into(),
         y_label: "held-out relative error (%)".into(),
         curves,
-        notes: notes.to_vec(),
+        notes: capped_notes(result, notes),
         axes: Axes {
             x_log_base: Some(2.0),
             y_unbounded: true,
@@ -185,15 +206,32 @@ pub fn error_vs_masks(result: &FitConvResult, notes: &[String]) -> Figure {
     }
 }
 
-/// Error against the number of fitted images: held-out (solid) for the 1x1 convolution, each
-/// perturbation layer with fixed masks and the ceiling; fitted (dashed) for the layer with the
-/// most masks, where one image is fitted (near) exactly.
+/// Error against the number of fitted images: held-out (solid) for the 1x1 convolution, the
+/// perturbation layers with fixed masks of the fewest, a middle and the most masks, and the
+/// ceiling; fitted (dashed) for the layer with the most masks, to show how far the error on
+/// the fitted images is from the error on others.
 pub fn error_vs_images(result: &FitConvResult, notes: &[String]) -> Figure {
+    let masks: Vec<usize> = columns(&result.rows)
+        .iter()
+        .filter(|(m, _)| m == "perturb")
+        .filter_map(|(_, k)| *k)
+        .collect();
+    let drawn: Vec<usize> = match masks.as_slice() {
+        [] => vec![],
+        [first, .., last] => {
+            let mut d = vec![*first, masks[masks.len() / 2], *last];
+            d.dedup();
+            d
+        }
+        [only] => vec![*only],
+    };
     let cols: Vec<(String, Option<usize>)> = columns(&result.rows)
         .into_iter()
-        .filter(|(m, _)| m != "constant" && m != "perturb-trained")
+        .filter(|(m, k)| {
+            m != "constant" && m != "perturb-trained" && (m != "perturb" || k.is_some_and(|k| drawn.contains(&k)))
+        })
         .collect();
-    let most_masks = cols.iter().filter_map(|(_, k)| *k).max();
+    let most_masks = drawn.last().copied();
     let x = |n: usize| (n as f64).log10();
     let mut curves = Vec::new();
     for (i, (m, k)) in cols.iter().enumerate() {
@@ -224,7 +262,7 @@ pub fn error_vs_images(result: &FitConvResult, notes: &[String]) -> Figure {
         x_label: "fitted images".into(),
         y_label: "relative error (%)".into(),
         curves,
-        notes: notes.to_vec(),
+        notes: capped_notes(result, notes),
         axes: Axes {
             x_log_base: Some(10.0),
             y_unbounded: true,
@@ -232,44 +270,61 @@ pub fn error_vs_images(result: &FitConvResult, notes: &[String]) -> Figure {
     }
 }
 
-#[derive(Serialize)]
-struct Record<'a, O: Serialize> {
-    command: &'a str,
-    created: String,
-    provenance: Provenance,
-    options: &'a O,
-    result: &'a FitConvResult,
+/// What `fit-conv.json` records: the command, when and where it ran, its options and result.
+#[derive(Serialize, Deserialize)]
+pub struct Record<O> {
+    pub command: String,
+    pub created: String,
+    pub provenance: Provenance,
+    pub options: O,
+    pub result: FitConvResult,
 }
 
-/// Writes everything into `out` and returns the files written.
+/// Reads back an earlier run's `fit-conv.json`, to draw its table and figures again without
+/// fitting again.
+pub fn read_back(dir: &Path) -> Result<Record<serde_json::Value>> {
+    let path = dir.join("fit-conv.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}: give a folder written by pnn fit-conv", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a fit-conv record", path.display()))
+}
+
+/// Writes the record, the table and the figures into `out`, and returns the files written.
 pub fn write<O: Serialize>(out: &Path, result: &FitConvResult, options: &O, command: &str) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let provenance = Provenance::this("cpu (burn flex)");
+    let record = Record {
+        command: command.to_string(),
+        created: chrono::Local::now().to_rfc3339(),
+        provenance: Provenance::this("cpu (burn flex)"),
+        options,
+        result: result.clone(),
+    };
+    let json = out.join("fit-conv.json");
+    write_atomic(&json, serde_json::to_string_pretty(&record)?.as_bytes())?;
+    let mut files = vec![json];
+    files.extend(draw(out, &record)?);
+    Ok(files)
+}
+
+/// Writes the table (Markdown, CSV) and the figures of a record into `out`.
+pub fn draw<O>(out: &Path, record: &Record<O>) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let result = &record.result;
     let notes = vec![
         format!("Target: {}.", result.target),
         format!(
             "{} held-out test images; fit sets are prefixes of one shuffled order of {} training images.",
             result.heldout_images, result.training_images
         ),
-        provenance.line(),
+        record.provenance.line(),
     ];
     let mut files = Vec::new();
     let md = out.join("fit-conv.md");
-    write_atomic(&md, markdown(result, command).as_bytes())?;
+    write_atomic(&md, markdown(result, &record.command).as_bytes())?;
     files.push(md);
     let csv_path = out.join("fit-conv.csv");
     write_atomic(&csv_path, &csv(result)?)?;
     files.push(csv_path);
-    let json = out.join("fit-conv.json");
-    let record = Record {
-        command,
-        created: chrono::Local::now().to_rfc3339(),
-        provenance,
-        options,
-        result,
-    };
-    write_atomic(&json, serde_json::to_string_pretty(&record)?.as_bytes())?;
-    files.push(json);
     files.extend(error_vs_masks(result, &notes).save(&out.join("error-vs-masks"))?);
     files.extend(error_vs_images(result, &notes).save(&out.join("error-vs-images"))?);
     Ok(files)

@@ -22,7 +22,8 @@ pub fn markdown(stats: &[LayerStats], images: usize, level: f64, command: &str) 
          (`--level {level}`). Statistics over {images} test images and every pixel, per channel, averaged over \
          channels. R^2: the share of the variance explained by a linear function of the centre pixel's \
          channels, of the k x k patch (centre and neighbours), or of the position alone (the per-position \
-         mean over images: the most a fixed additive mask can reproduce).\n"
+         mean over images: the most a fixed additive mask can reproduce); each fitted on every other image and \
+         scored on the others.\n"
     );
     let _ = writeln!(
         md,
@@ -80,7 +81,8 @@ pub fn csv(stats: &[LayerStats]) -> Result<Vec<u8>> {
 /// R^2 by position, by centre pixel, by patch, and adjacent-pixel correlation, per layer: solid
 /// for the neighbourhood term, dashed for the masks.
 pub fn figure(stats: &[LayerStats], notes: &[String]) -> Figure {
-    let x = |i: usize| i as f64;
+    // Layers by their number (0 is the stem); a random target is drawn at 0.
+    let x = |s: &LayerStats| s.neighbourhood.layer.parse::<f64>().unwrap_or(0.0);
     let series: [(&str, fn(&TermStats) -> f64); 4] = [
         ("R^2 by position (a fixed mask)", |t| t.r2_position),
         ("R^2 by the centre pixel", |t| t.r2_centre_pixel),
@@ -94,10 +96,9 @@ pub fn figure(stats: &[LayerStats], notes: &[String]) -> Figure {
                 label: format!("{}, {label}", if masks { "PNN masks" } else { "neighbourhood N_c" }),
                 points: stats
                     .iter()
-                    .enumerate()
-                    .map(|(i, s)| {
+                    .map(|s| {
                         let t = if masks { &s.masks } else { &s.neighbourhood };
-                        (x(i), 100.0 * f(t), None)
+                        (x(s), 100.0 * f(t), None)
                     })
                     .collect(),
                 dashed: masks,
@@ -105,10 +106,9 @@ pub fn figure(stats: &[LayerStats], notes: &[String]) -> Figure {
             });
         }
     }
-    let layers: Vec<String> = stats.iter().map(|s| s.neighbourhood.layer.clone()).collect();
     Figure {
         title: "Neighbourhood term vs additive noise masks".into(),
-        x_label: format!("layer (in order: {})", layers.join(", ")),
+        x_label: "convolution (0: the stem, then conv1 and conv2 of each block)".into(),
         y_label: "percent".into(),
         curves,
         notes: notes.to_vec(),

@@ -15,7 +15,9 @@
 //! - correlation between horizontally adjacent pixels.
 //!
 //! Statistics are computed per output channel (per input channel for the masks) over every
-//! image and pixel, then averaged over channels.
+//! image and pixel, then averaged over channels. The three regressions are fitted on every other
+//! image and scored on the others: the patch of a deep layer has thousands of inputs, and scored
+//! on its own images it would be credited for fitting noise.
 
 use anyhow::Result;
 use rayon::prelude::*;
@@ -23,9 +25,9 @@ use serde::Serialize;
 
 use super::features::{Block, Fitter, Maps};
 use super::fit_conv::maps_in_batches;
-use super::lstsq::NormalEquations;
+use super::lstsq::{NormalEquations, predict};
 use super::perturb_fit::{self, PerturbChoice};
-use super::target::{HostMaps, Target, TargetSource};
+use super::target::{Target, TargetSource};
 use crate::config::Config;
 use crate::data::{ImageSet, Normalization};
 use crate::layer::fused::FusedAct;
@@ -106,14 +108,28 @@ impl Pearson {
     }
 }
 
-/// Running sums for `channels` term maps over images.
+/// What is measured of one image: each `channels x pixels`.
+struct TermMaps {
+    term: Vec<f64>,
+    /// What the term is correlated with (the centre term, or the pixel a mask is added to).
+    centre_ref: Vec<f64>,
+    /// What the term's size is compared with (the output, or the input).
+    size_ref: Vec<f64>,
+}
+
+/// Pass 1, over the images of the fitting half: the regressions' sums and the per-position sums.
 #[derive(Debug, Clone)]
-struct Accumulator {
+struct FitSums {
     centre: NormalEquations,
     patch: NormalEquations,
     /// Per channel and pixel, the term's sum over images.
     position_sum: Vec<f64>,
     images: usize,
+}
+
+/// Over every image: correlations and sizes.
+#[derive(Debug, Clone)]
+struct Moments {
     /// (term, centre reference) per channel.
     with_centre: Vec<Pearson>,
     /// (term, size reference) per channel.
@@ -122,106 +138,188 @@ struct Accumulator {
     adjacent: Vec<Pearson>,
 }
 
-/// The maps of one image to accumulate: each `channels x pixels`.
-struct TermMaps<'a> {
-    term: &'a [f64],
-    centre_ref: &'a [f64],
-    size_ref: &'a [f64],
-    input: &'a [f32],
+/// Pass 2, over the held-out half: each predictor's squared error, and the squares about the
+/// fitting half's mean, per channel.
+#[derive(Debug, Clone)]
+struct HeldOut {
+    sse_centre: Vec<f64>,
+    sse_patch: Vec<f64>,
+    sse_position: Vec<f64>,
+    sst: Vec<f64>,
 }
 
-impl Accumulator {
-    fn new(channels: usize, maps: Maps, kernel: usize) -> Self {
-        let centre_f = Fitter::Conv { kernel: 1 }.features(&all(maps));
-        let patch_f = Fitter::Conv { kernel }.features(&all(maps));
-        Self {
-            centre: NormalEquations::new(centre_f, channels),
-            patch: NormalEquations::new(patch_f, channels),
-            position_sum: vec![0.0; channels * maps.pixels()],
+/// The study of one term: its regressions are fitted on every other image and scored on the
+/// rest, so that a predictor with many inputs (the patch of a deep layer has thousands) is not
+/// credited for fitting noise.
+struct Study<'a> {
+    channels: usize,
+    maps: Maps,
+    kernel: usize,
+    term_of: &'a (dyn Fn(&[f32], &[f32]) -> TermMaps + Sync),
+}
+
+impl Study<'_> {
+    fn predictors(&self) -> [Fitter; 2] {
+        [Fitter::Conv { kernel: 1 }, Fitter::Conv { kernel: self.kernel }]
+    }
+
+    fn features_of(&self, fitter: &Fitter, x: &[f32]) -> Vec<f64> {
+        let block = all(self.maps);
+        let mut phi = vec![0f64; self.maps.pixels() * fitter.features(&block)];
+        fitter.fill(&block, self.maps, x, &mut phi);
+        phi
+    }
+
+    fn fit(&self, pairs: &[&(Vec<f32>, Vec<f32>)]) -> FitSums {
+        let block = all(self.maps);
+        let [centre, patch] = self.predictors();
+        let fresh = || FitSums {
+            centre: NormalEquations::new(centre.features(&block), self.channels),
+            patch: NormalEquations::new(patch.features(&block), self.channels),
+            position_sum: vec![0.0; self.channels * self.maps.pixels()],
             images: 0,
-            with_centre: vec![Pearson::default(); channels],
-            with_size: vec![Pearson::default(); channels],
-            adjacent: vec![Pearson::default(); channels],
-        }
-    }
-
-    fn add(&mut self, t: &TermMaps, maps: Maps, kernel: usize) {
-        let p_len = maps.pixels();
-        let block = all(maps);
-        for (fitter, sums) in [
-            (Fitter::Conv { kernel: 1 }, &mut self.centre),
-            (Fitter::Conv { kernel }, &mut self.patch),
-        ] {
-            let mut phi = vec![0f64; p_len * sums.features];
-            fitter.fill(&block, maps, t.input, &mut phi);
-            sums.add(&phi, t.term, p_len);
-        }
-        for (k, ((pos, with_centre), (with_size, adjacent))) in self
-            .position_sum
-            .chunks_mut(p_len)
-            .zip(self.with_centre.iter_mut())
-            .zip(self.with_size.iter_mut().zip(self.adjacent.iter_mut()))
-            .enumerate()
-        {
-            let z = &t.term[k * p_len..][..p_len];
-            for (p, &v) in z.iter().enumerate() {
-                pos[p] += v;
-                with_centre.add(v, t.centre_ref[k * p_len + p]);
-                with_size.add(v, t.size_ref[k * p_len + p]);
-                if (p + 1) % maps.width != 0 {
-                    adjacent.add(v, z[p + 1]);
-                }
-            }
-        }
-        self.images += 1;
-    }
-
-    fn merge(&mut self, o: &Self) {
-        self.centre.merge(&o.centre);
-        self.patch.merge(&o.patch);
-        for (a, b) in self.position_sum.iter_mut().zip(&o.position_sum) {
-            *a += b;
-        }
-        self.images += o.images;
-        for (a, b) in self.with_centre.iter_mut().zip(&o.with_centre) {
-            a.merge(b);
-        }
-        for (a, b) in self.with_size.iter_mut().zip(&o.with_size) {
-            a.merge(b);
-        }
-        for (a, b) in self.adjacent.iter_mut().zip(&o.adjacent) {
-            a.merge(b);
-        }
-    }
-
-    fn finish(&self, term: &str, layer: &str, p_len: usize) -> Result<TermStats> {
-        let channels = self.with_centre.len();
-        let r2 = |sums: &NormalEquations| -> Result<Vec<f64>> {
-            let beta = sums.solve()?;
-            let sse = sums.fitted_error_per_output(&beta);
-            let sst = sums.centred_target_sq();
-            Ok(sse
-                .iter()
-                .zip(&sst)
-                .map(|(e, t)| if *t > 0.0 { 1.0 - e / t } else { 0.0 })
-                .collect())
         };
-        let r2_centre = r2(&self.centre)?;
-        let r2_patch = r2(&self.patch)?;
-        let sst = self.centre.centred_target_sq();
-        let n = self.images as f64;
-        let r2_position: Vec<f64> = (0..channels)
-            .map(|k| {
-                let sums = &self.position_sum[k * p_len..][..p_len];
-                let grand = sums.iter().sum::<f64>() / (n * p_len as f64);
-                let between: f64 = sums.iter().map(|s| n * (s / n - grand).powi(2)).sum();
-                if sst[k] > 0.0 { between / sst[k] } else { 0.0 }
+        let p_len = self.maps.pixels();
+        pairs
+            .par_iter()
+            .fold(fresh, |mut acc, (x, y)| {
+                let t = (self.term_of)(x, y);
+                acc.centre.add(&self.features_of(&centre, x), &t.term, p_len);
+                acc.patch.add(&self.features_of(&patch, x), &t.term, p_len);
+                for (s, v) in acc.position_sum.iter_mut().zip(&t.term) {
+                    *s += v;
+                }
+                acc.images += 1;
+                acc
             })
+            .reduce(fresh, |mut a, b| {
+                a.centre.merge(&b.centre);
+                a.patch.merge(&b.patch);
+                for (s, v) in a.position_sum.iter_mut().zip(&b.position_sum) {
+                    *s += v;
+                }
+                a.images += b.images;
+                a
+            })
+    }
+
+    fn moments(&self, pairs: &[(Vec<f32>, Vec<f32>)]) -> Moments {
+        let p_len = self.maps.pixels();
+        let width = self.maps.width;
+        let fresh = || Moments {
+            with_centre: vec![Pearson::default(); self.channels],
+            with_size: vec![Pearson::default(); self.channels],
+            adjacent: vec![Pearson::default(); self.channels],
+        };
+        pairs
+            .par_iter()
+            .fold(fresh, |mut m, (x, y)| {
+                let t = (self.term_of)(x, y);
+                for k in 0..self.channels {
+                    let z = &t.term[k * p_len..][..p_len];
+                    for (p, &v) in z.iter().enumerate() {
+                        m.with_centre[k].add(v, t.centre_ref[k * p_len + p]);
+                        m.with_size[k].add(v, t.size_ref[k * p_len + p]);
+                        if (p + 1) % width != 0 {
+                            m.adjacent[k].add(v, z[p + 1]);
+                        }
+                    }
+                }
+                m
+            })
+            .reduce(fresh, |mut a, b| {
+                for (x, y) in [
+                    (&mut a.with_centre, &b.with_centre),
+                    (&mut a.with_size, &b.with_size),
+                    (&mut a.adjacent, &b.adjacent),
+                ] {
+                    for (p, q) in x.iter_mut().zip(y) {
+                        p.merge(q);
+                    }
+                }
+                a
+            })
+    }
+
+    fn held_out(&self, pairs: &[&(Vec<f32>, Vec<f32>)], sums: &FitSums, betas: &[Vec<f64>; 2]) -> HeldOut {
+        let p_len = self.maps.pixels();
+        let n = sums.images as f64;
+        let mean: Vec<f64> = (0..self.channels)
+            .map(|k| sums.position_sum[k * p_len..][..p_len].iter().sum::<f64>() / (n * p_len as f64))
             .collect();
-        let mean_of = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let means: Vec<f64> = self.with_size.iter().map(|p| p.sx / p.n).collect();
-        let stds: Vec<f64> = self.with_size.iter().map(|p| p.stds().0).collect();
-        let sizes: Vec<f64> = self
+        let predictors = self.predictors();
+        let fresh = || HeldOut {
+            sse_centre: vec![0.0; self.channels],
+            sse_patch: vec![0.0; self.channels],
+            sse_position: vec![0.0; self.channels],
+            sst: vec![0.0; self.channels],
+        };
+        pairs
+            .par_iter()
+            .fold(fresh, |mut h, (x, y)| {
+                let t = (self.term_of)(x, y);
+                for (fitter, (beta, sse)) in predictors
+                    .iter()
+                    .zip(betas.iter().zip([&mut h.sse_centre, &mut h.sse_patch]))
+                {
+                    let phi = self.features_of(fitter, x);
+                    let f = phi.len() / p_len;
+                    let pred = predict(&phi, beta, p_len, f, self.channels);
+                    for k in 0..self.channels {
+                        sse[k] += pred[k * p_len..][..p_len]
+                            .iter()
+                            .zip(&t.term[k * p_len..][..p_len])
+                            .map(|(a, b)| (a - b).powi(2))
+                            .sum::<f64>();
+                    }
+                }
+                for k in 0..self.channels {
+                    for p in 0..p_len {
+                        let v = t.term[k * p_len + p];
+                        h.sse_position[k] += (v - sums.position_sum[k * p_len + p] / n).powi(2);
+                        h.sst[k] += (v - mean[k]).powi(2);
+                    }
+                }
+                h
+            })
+            .reduce(fresh, |mut a, b| {
+                for (x, y) in [
+                    (&mut a.sse_centre, &b.sse_centre),
+                    (&mut a.sse_patch, &b.sse_patch),
+                    (&mut a.sse_position, &b.sse_position),
+                    (&mut a.sst, &b.sst),
+                ] {
+                    for (p, q) in x.iter_mut().zip(y) {
+                        *p += q;
+                    }
+                }
+                a
+            })
+    }
+
+    /// Every statistic of the term over `pairs` (input maps, output maps per image).
+    fn run(&self, pairs: &[(Vec<f32>, Vec<f32>)], term: &str, layer: &str) -> Result<TermStats> {
+        let (fit, rest): (Vec<_>, Vec<_>) = pairs.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let fit: Vec<_> = fit.into_iter().map(|(_, p)| p).collect();
+        let rest: Vec<_> = rest.into_iter().map(|(_, p)| p).collect();
+        if rest.is_empty() {
+            anyhow::bail!(
+                "noise-stats needs at least 2 images (half fit the predictors, half score them): raise --images"
+            );
+        }
+        let sums = self.fit(&fit);
+        let betas = [sums.centre.solve()?, sums.patch.solve()?];
+        let h = self.held_out(&rest, &sums, &betas);
+        let m = self.moments(pairs);
+        let r2 = |sse: &[f64]| -> f64 {
+            let per: Vec<f64> = sse
+                .iter()
+                .zip(&h.sst)
+                .map(|(e, t)| if *t > 0.0 { 1.0 - e / t } else { 0.0 })
+                .collect();
+            mean_of(&per)
+        };
+        let sizes: Vec<f64> = m
             .with_size
             .iter()
             .map(|p| {
@@ -232,17 +330,21 @@ impl Accumulator {
         Ok(TermStats {
             term: term.into(),
             layer: layer.into(),
-            channels,
-            mean: mean_of(&means),
-            std: mean_of(&stds),
+            channels: self.channels,
+            mean: mean_of(&m.with_size.iter().map(|p| p.sx / p.n).collect::<Vec<_>>()),
+            std: mean_of(&m.with_size.iter().map(|p| p.stds().0).collect::<Vec<_>>()),
             relative_size: mean_of(&sizes),
-            corr_centre: mean_of(&self.with_centre.iter().map(Pearson::corr).collect::<Vec<_>>()),
-            r2_centre_pixel: mean_of(&r2_centre),
-            r2_patch: mean_of(&r2_patch),
-            r2_position: mean_of(&r2_position),
-            autocorr_adjacent: mean_of(&self.adjacent.iter().map(Pearson::corr).collect::<Vec<_>>()),
+            corr_centre: mean_of(&m.with_centre.iter().map(Pearson::corr).collect::<Vec<_>>()),
+            r2_centre_pixel: r2(&h.sse_centre),
+            r2_patch: r2(&h.sse_patch),
+            r2_position: r2(&h.sse_position),
+            autocorr_adjacent: mean_of(&m.adjacent.iter().map(Pearson::corr).collect::<Vec<_>>()),
         })
     }
+}
+
+fn mean_of(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 fn all(maps: Maps) -> Block {
@@ -309,58 +411,42 @@ fn layer_stats(opts: &NoiseStatsOptions, source: &TargetSource, data: &StudyData
         })
         .collect();
 
-    let per_image = |x: &HostMaps, y: &HostMaps, i: usize| (x.image(i).to_vec(), y.image(i).to_vec());
     let pairs: Vec<(Vec<f32>, Vec<f32>)> = batches
         .iter()
-        .flat_map(|(x, y)| (0..x.len()).map(move |i| per_image(x, y, i)))
+        .flat_map(|(x, y)| (0..x.len()).map(move |i| (x.image(i).to_vec(), y.image(i).to_vec())))
         .collect();
-    let conv_acc = pairs
-        .par_iter()
-        .fold(
-            || Accumulator::new(out_maps.outputs, out_maps, kernel),
-            |mut acc, (x, y)| {
-                let (centre, neighbourhood) = split_centre(&weight, kernel, out_maps, x, y);
-                let y64: Vec<f64> = y.iter().map(|&v| v as f64).collect();
-                let t = TermMaps {
-                    term: &neighbourhood,
-                    centre_ref: &centre,
-                    size_ref: &y64,
-                    input: x,
-                };
-                acc.add(&t, out_maps, kernel);
-                acc
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.merge(&b);
-            a
-        })
-        .expect("at least one image");
-    let mask_acc = pairs
-        .par_iter()
-        .fold(
-            || Accumulator::new(in_maps.channels, in_maps, kernel),
-            |mut acc, (x, _)| {
-                let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-                let t = TermMaps {
-                    term: &noise,
-                    centre_ref: &x64,
-                    size_ref: &x64,
-                    input: x,
-                };
-                acc.add(&t, in_maps, kernel);
-                acc
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.merge(&b);
-            a
-        })
-        .expect("at least one image");
+    let neighbourhood_of = |x: &[f32], y: &[f32]| {
+        let (centre, neighbourhood) = split_centre(&weight, kernel, out_maps, x, y);
+        TermMaps {
+            term: neighbourhood,
+            centre_ref: centre,
+            size_ref: y.iter().map(|&v| v as f64).collect(),
+        }
+    };
+    let masks_of = |x: &[f32], _: &[f32]| {
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        TermMaps {
+            term: noise.clone(),
+            centre_ref: x64.clone(),
+            size_ref: x64,
+        }
+    };
+    let conv_study = Study {
+        channels: out_maps.outputs,
+        maps: out_maps,
+        kernel,
+        term_of: &neighbourhood_of,
+    };
+    let mask_study = Study {
+        channels: in_maps.channels,
+        maps: in_maps,
+        kernel,
+        term_of: &masks_of,
+    };
     Ok(LayerStats {
         target: target.description.clone(),
-        neighbourhood: conv_acc.finish("neighbourhood", &layer, out_maps.pixels())?,
-        masks: mask_acc.finish("masks", &layer, p_len)?,
+        neighbourhood: conv_study.run(&pairs, "neighbourhood", &layer)?,
+        masks: mask_study.run(&pairs, "masks", &layer)?,
     })
 }
 
