@@ -184,8 +184,8 @@ pub fn error_vs_masks(result: &FitConvResult, notes: &[String]) -> Figure {
                 curves.push(Curve {
                     label: format!("{}, fitted on {largest} images", column_name(&r.model, None)),
                     points: vec![
-                        (x(lo), 100.0 * r.heldout_error, None),
-                        (x(hi), 100.0 * r.heldout_error, None),
+                        (x(lo), shown(r.heldout_error), None),
+                        (x(hi), shown(r.heldout_error), None),
                     ],
                     dashed: true,
                     color: 6 - n,
@@ -240,7 +240,7 @@ pub fn error_vs_images(result: &FitConvResult, notes: &[String]) -> Figure {
             label: format!("{}, held-out", column_name(m, *k)),
             points: rows
                 .iter()
-                .map(|r| (x(r.fit_images), 100.0 * r.heldout_error, None))
+                .map(|r| (x(r.fit_images), shown(r.heldout_error), None))
                 .collect(),
             dashed: false,
             color: i,
@@ -250,7 +250,7 @@ pub fn error_vs_images(result: &FitConvResult, notes: &[String]) -> Figure {
                 label: format!("{}, on the fitted images", column_name(m, *k)),
                 points: rows
                     .iter()
-                    .map(|r| (x(r.fit_images), 100.0 * r.fitted_error, None))
+                    .map(|r| (x(r.fit_images), shown(r.fitted_error), None))
                     .collect(),
                 dashed: true,
                 color: i,
