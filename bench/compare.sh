@@ -102,7 +102,7 @@ for i in "${!commands[@]}"; do
         t_list+=("$ips"); t_mem=$(larger "$t_mem" "$mem")
       fi
       # shellcheck disable=SC2086
-      p_out=$("$pnn" bench $flags --batch-size "$b" --steps "$steps" --warmup "$warmup" 2>&1) || {
+      p_out=$("$pnn" bench --device cpu $flags --batch-size "$b" --steps "$steps" --warmup "$warmup" 2>&1) || {
         echo "pnn failed on #$id ($flags, batch $b):" >&2; echo "$p_out" >&2; exit 1; }
       read -r ips mem _ < <(parse <<< "$p_out")
       p_list+=("$ips"); p_mem=$(larger "$p_mem" "$mem")

@@ -33,9 +33,9 @@ printf '| command (batch %s) | unfused images/s | fused images/s | speed-up | un
 printf '|---|---|---|---|---|---|---|\n'
 for flags in "${commands[@]}"; do
   # shellcheck disable=SC2086
-  read -r u_ips u_mem < <(PNN_UNFUSED=1 measure "$pnn" bench $flags --batch-size "$batch" --steps "$steps" --warmup 1)
+  read -r u_ips u_mem < <(PNN_UNFUSED=1 measure "$pnn" bench --device cpu $flags --batch-size "$batch" --steps "$steps" --warmup 1)
   # shellcheck disable=SC2086
-  read -r f_ips f_mem < <(measure "$pnn" bench $flags --batch-size "$batch" --steps "$steps" --warmup 1)
+  read -r f_ips f_mem < <(measure "$pnn" bench --device cpu $flags --batch-size "$batch" --steps "$steps" --warmup 1)
   awk -v f="$flags" -v ui="$u_ips" -v fi="$f_ips" -v um="$u_mem" -v fm="$f_mem" \
     'BEGIN {printf "| `%s` | %.1f | %.1f | %.1fx | %.0f | %.0f | %.1fx less |\n", f, ui, fi, fi/ui, um, fm, um/fm}'
 done

@@ -321,6 +321,7 @@ def parse(argv):
     flag("--steps", type=int, default=10)
     flag("--warmup", type=int, default=2)
     flag("--threads", type=int, default=2)
+    flag("--device", default="cpu", help="cpu or cuda[:N]")
     flag("--manual-seed", "--manual_seed", dest="seed", type=int, default=1)
     flag("--memory-limit-gib", type=float, default=None,
          help="address-space limit; past it the run reports 'out of memory' (default: 85%% of RAM)")
@@ -342,7 +343,8 @@ def limit_memory(gib):
 
 def main(argv):
     a = parse(argv)
-    gib = limit_memory(a.memory_limit_gib)
+    # CUDA maps far more address space than it uses: the cap is for CPU runs only.
+    gib = limit_memory(a.memory_limit_gib) if a.device == "cpu" else float("inf")
     try:
         run(a)
     except (RuntimeError, MemoryError) as e:
@@ -357,7 +359,8 @@ def run(a):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     channels, size, classes = 3, 32, 10
-    model = MODELS[a.net_type](a, channels, size, classes)
+    device = torch.device(a.device)
+    model = MODELS[a.net_type](a, channels, size, classes).to(device)
     model.train()
     noise_values = sum(b.numel() for n, b in model.named_buffers() if n.endswith("noise"))
     noise_values += sum(p.numel() for n, p in model.named_parameters() if n.endswith("noise"))
@@ -372,8 +375,8 @@ def run(a):
         opt = torch.optim.Adam(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     n = a.batch_size * (a.warmup + a.steps)
     gen = torch.Generator().manual_seed(0)
-    images = (torch.rand(n, channels, size, size, generator=gen) - 0.5) / 0.5
-    labels = torch.arange(n) % classes
+    images = ((torch.rand(n, channels, size, size, generator=gen) - 0.5) / 0.5).to(device)
+    labels = (torch.arange(n) % classes).to(device)
     times = []
     for i in range(a.warmup + a.steps):
         x, y = images[i * a.batch_size:(i + 1) * a.batch_size], labels[i * a.batch_size:(i + 1) * a.batch_size]
@@ -386,9 +389,12 @@ def run(a):
         if i >= a.warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    print(f"{a.net_type} batch {a.batch_size} on cpu (PyTorch {torch.__version__}, {a.threads} threads):")
+    where = f"{a.threads} threads" if a.device == "cpu" else torch.cuda.get_device_name(device)
+    print(f"{a.net_type} batch {a.batch_size} on {a.device} (PyTorch {torch.__version__}, {where}):")
     print(f"  training step: {a.batch_size / median:.1f} images/s (median step {median * 1e3:.1f} ms over {a.steps} steps)")
     print(f"  peak memory:   {peak_rss_mib():.0f} MiB")
+    if a.device != "cpu":
+        print(f"  peak GPU memory (PyTorch's allocator): {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -148,8 +148,9 @@ pub struct TrainArgs {
     /// Continue training from a checkpoint folder (e.g. results/<run>/checkpoint-last).
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Where to compute: cpu, vulkan[:N] or cuda[:N] (GPU ones need a binary built with that feature).
-    #[arg(long, default_value = "cpu")]
+    /// Where to compute: auto (a GPU if this pnn was built with one and one answers, else the CPU),
+    /// cpu, vulkan[:N] or cuda[:N] (GPU ones need a binary built with that feature).
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Train even when the memory estimate says the run will not fit.
     #[arg(long)]

@@ -1,5 +1,8 @@
 //! Choosing where tensors live: `--device cpu | vulkan[:N] | cuda[:N]`.
 //!
+//! `auto` (the default) takes a GPU when the binary was built with a GPU feature and a GPU
+//! answers, and the CPU otherwise; the choice is printed and recorded in every result file.
+//!
 //! The CPU backend (burn's `flex`) is always built. The GPU backends are cargo features, built
 //! only when asked for (`--features vulkan`, `--features cuda`), because they triple the build
 //! time and `cuda`'s build script needs to download an LLVM bundle.
@@ -39,12 +42,72 @@ impl Backend {
             None => (spec, None),
         };
         match kind.to_ascii_lowercase().as_str() {
+            "auto" if index.is_none() => Ok(Self::auto()),
             "cpu" | "flex" => Ok(Self::cpu()),
             "vulkan" => vulkan(index),
             "cuda" => cuda(index),
-            other => bail!("--device {other} is unknown: use cpu, vulkan[:N] or cuda[:N]"),
+            other => bail!("--device {other} is unknown: use auto, cpu, vulkan[:N] or cuda[:N]"),
         }
     }
+
+    /// The first GPU that answers a small computation (CUDA, then a discrete, then an
+    /// integrated Vulkan GPU; a CPU-emulated Vulkan device such as llvmpipe is never taken), or
+    /// the CPU.
+    pub fn auto() -> Self {
+        let mut candidates: Vec<Box<dyn Fn() -> Result<Backend>>> = Vec::new();
+        if cfg!(feature = "cuda") {
+            candidates.push(Box::new(|| cuda(None)));
+        }
+        if cfg!(feature = "vulkan") {
+            candidates.push(Box::new(|| vulkan_kind(GpuKind::Discrete)));
+            candidates.push(Box::new(|| vulkan_kind(GpuKind::Integrated)));
+        }
+        for candidate in candidates {
+            if let Ok(backend) = candidate()
+                && answers(&backend.device)
+            {
+                return backend;
+            }
+        }
+        Self::cpu()
+    }
+}
+
+/// Whether a device computes 1 + 2 (opening a GPU that is not there panics inside the runtime).
+fn answers(device: &Device) -> bool {
+    let device = device.clone();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(move || {
+        let t = burn::tensor::Tensor::<1>::from_data(burn::tensor::TensorData::new(vec![1.0f32, 2.0], [2]), &device);
+        t.sum().into_scalar::<f32>()
+    });
+    std::panic::set_hook(hook);
+    matches!(result, Ok(v) if v == 3.0)
+}
+
+#[allow(dead_code)] // only the GPU builds construct these
+enum GpuKind {
+    Discrete,
+    Integrated,
+}
+
+#[cfg(feature = "vulkan")]
+fn vulkan_kind(kind: GpuKind) -> Result<Backend> {
+    use burn::tensor::DeviceKind;
+    let kind = match kind {
+        GpuKind::Discrete => DeviceKind::DiscreteGpu(0),
+        GpuKind::Integrated => DeviceKind::IntegratedGpu(0),
+    };
+    Ok(Backend {
+        device: Device::vulkan(kind.clone()),
+        name: format!("vulkan ({kind:?})"),
+    })
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn vulkan_kind(_kind: GpuKind) -> Result<Backend> {
+    vulkan(None)
 }
 
 #[cfg(feature = "vulkan")]

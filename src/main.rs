@@ -113,8 +113,9 @@ enum Command {
         /// Folder for the runs, the table and the figures.
         #[arg(long, default_value = "results/reproduce")]
         out: PathBuf,
-        /// cpu, vulkan[:N] or cuda[:N].
-        #[arg(long, default_value = "cpu")]
+        /// auto (a GPU if this pnn was built with one and one answers, else the CPU), cpu,
+        /// vulkan[:N] or cuda[:N].
+        #[arg(long, default_value = "auto")]
         device: String,
         /// Never download CIFAR-10.
         #[arg(long = "no-download", alias = "no_download")]
