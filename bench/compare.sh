@@ -17,18 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-commands=(
-  "--net-type resnet18 --nfilters 44 --learning-rate 1e-3"
-  "--net-type noiseresnet18 --nfilters 128 --learning-rate 1e-4 --first_filter_size 7"
-  "--net-type noiseresnet18 --nfilters 128 --learning-rate 1e-4 --first_filter_size 3"
-  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 1"
-  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 0 --filter_size 0 --nmasks 1"
-  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --unique_masks --mix_maps"
-  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks"
-  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks --train_masks"
-  "--net-type cifarnet --nfilters 128 --first_filter_size 0 --filter_size 0"
-  "--net-type lenet --nfilters 128 --first_filter_size 0 --filter_size 0"
-)
+source bench/commands.sh
 
 batches=16,64
 steps=3

@@ -47,16 +47,9 @@ prepare() {
   echo "ready: run(command=\"scripts/gpu-check.sh run\", carry=[\".gpu\", \".gl\"], timeout_s=600)"
 }
 
-commands=(
-  "--net-type resnet18 --nfilters 44 --learning-rate 1e-3"
-  "--net-type noiseresnet18 --nfilters 128 --learning-rate 1e-4 --first_filter_size 7"
-  "--net-type noiseresnet18 --nfilters 128 --learning-rate 1e-4 --first_filter_size 3"
-  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 1"
-  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 0 --filter_size 0 --nmasks 1"
-  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --unique_masks --mix_maps"
-  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks"
-  "--net-type perturb_resnet18 --nfilters 128 --learning-rate 1e-3 --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks --train_masks"
-)
+# The experiment table's eight commands (cifarnet and lenet are not in the table).
+source bench/commands.sh
+commands=("${commands[@]:0:8}")
 
 # Runs a command while sampling the GPU's used memory; prints the command's output, then
 # "gpu-peak-mib: N" (the most memory in use on the GPU at any sample, this process's and the
