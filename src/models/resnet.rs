@@ -90,23 +90,6 @@ impl ResNet18 {
         convs
     }
 
-    /// Number of 3x3 convolutions: the stem and two per block.
-    pub const CONVS: usize = 1 + 2 * STAGES.len() * BLOCKS_PER_STAGE;
-
-    /// The stride of convolution `index` of [`Self::convs`]: a stage's stride is taken by
-    /// its first block's conv1.
-    pub fn conv_stride(index: usize) -> usize {
-        if index == 0 || (index - 1) % 2 == 1 {
-            return 1;
-        }
-        let block = (index - 1) / 2;
-        if block.is_multiple_of(BLOCKS_PER_STAGE) {
-            STAGES[block / BLOCKS_PER_STAGE].1
-        } else {
-            1
-        }
-    }
-
     /// Where convolution `index` of [`Self::convs`] sits, in words.
     pub fn conv_name(index: usize) -> String {
         match index {

@@ -13,7 +13,6 @@ use super::noise_stats::NoiseStatsOptions;
 use super::perturb_fit::{Descent, PerturbChoice};
 use super::target::{TargetSource, checkpoint_config};
 use crate::config::{Act, Config, DatasetName, NoiseType, TrainArgs};
-use crate::models::ResNet18;
 
 /// What is studied and on which data.
 #[derive(Args, Debug, Clone, Serialize)]
@@ -165,9 +164,9 @@ impl StudyArgs {
         Ok(config)
     }
 
-    fn source(&self, layer: usize) -> TargetSource {
+    fn source(&self) -> TargetSource {
         match self.checkpoint() {
-            Some(dir) => TargetSource::Checkpoint { dir, layer },
+            Some(dir) => TargetSource::Checkpoint { dir },
             None => TargetSource::Random {
                 outputs: self.target_channels,
                 kernel: self.target_kernel,
@@ -212,7 +211,8 @@ impl FitConvArgs {
             );
         }
         Ok(FitConvOptions {
-            source: self.study.source(self.layer),
+            source: self.study.source(),
+            layer: self.layer,
             data: self.study.data_config()?,
             nmasks: self.nmasks.clone(),
             perturb: self.study.perturb(self.act, !self.no_use_act, self.ungrouped),
@@ -236,26 +236,22 @@ impl NoiseStatsArgs {
             bail!("--images 0: give at least 1 test image");
         }
         let data = self.study.data_config()?;
-        let sources = match self.study.checkpoint() {
-            None => vec![self.study.source(0)],
-            Some(_) => {
-                let layers = if self.layer.iter().any(|l| l.eq_ignore_ascii_case("all")) {
-                    stride_one_layers()
-                } else {
-                    self.layer
-                        .iter()
-                        .map(|l| {
-                            l.parse::<usize>().map_err(|_| {
-                                anyhow::anyhow!("--layer {l}: give layer numbers (0 is the stem) or `all`")
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?
-                };
-                layers.into_iter().map(|l| self.study.source(l)).collect()
-            }
+        let layers = if self.layer.iter().any(|l| l.eq_ignore_ascii_case("all")) {
+            None
+        } else {
+            let layers = self
+                .layer
+                .iter()
+                .map(|l| {
+                    l.parse::<usize>()
+                        .map_err(|_| anyhow::anyhow!("--layer {l}: give layer numbers (0 is the stem) or `all`"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(layers)
         };
         Ok(NoiseStatsOptions {
-            sources,
+            source: self.study.source(),
+            layers,
             data,
             images: self.images,
             perturb: self.study.perturb(Act::Relu, false, false),
@@ -263,11 +259,4 @@ impl NoiseStatsArgs {
             verbose: true,
         })
     }
-}
-
-/// The stride-1 3x3 convolutions of resnet18 (all but the first conv1 of stages 2-4).
-fn stride_one_layers() -> Vec<usize> {
-    (0..ResNet18::CONVS)
-        .filter(|&i| ResNet18::conv_stride(i) == 1)
-        .collect()
 }

@@ -59,6 +59,8 @@ impl std::str::FromStr for FitSize {
 
 pub struct FitConvOptions {
     pub source: TargetSource,
+    /// Which convolution of a checkpoint (0 for a random target).
+    pub layer: usize,
     /// The data: the checkpoint's configuration, or the data flags for a random target.
     pub data: Config,
     pub nmasks: Vec<usize>,
@@ -145,7 +147,7 @@ impl LinearModel {
 pub fn run(opts: &FitConvOptions) -> Result<FitConvResult> {
     let device = burn::tensor::Device::flex();
     let (data, geometry) = super::target::load_data(&opts.data)?;
-    let target = Target::new(&opts.source, geometry, Some(&opts.data), &device)?;
+    let target = Target::new(&opts.source, opts.layer, geometry, Some(&opts.data), &device)?;
     let norm = data.normalization.clone();
     let (train, test) = (data.train, data.test);
 
@@ -204,6 +206,14 @@ pub fn run(opts: &FitConvOptions) -> Result<FitConvResult> {
         }
         done = size;
         progress.suspend(|| say(format!("{size} images fitted; solving")));
+        let fit = &order[..size];
+        // Trained-mask fits are scored on (up to --heldout of) their fitted images, whose maps
+        // every number of masks shares.
+        let fitted_maps = if opts.train_masks {
+            maps_in_batches(&target, &train, &norm, &fit[..fit.len().min(opts.heldout)])
+        } else {
+            Vec::new()
+        };
         for model in &mut models {
             let betas = model.sums.iter().map(|s| s.solve()).collect::<Result<Vec<_>>>()?;
             let (mut sse, mut ssy) = (0.0, 0.0);
@@ -226,12 +236,10 @@ pub fn run(opts: &FitConvOptions) -> Result<FitConvResult> {
             {
                 let mut layer = layer.clone();
                 perturb_fit::load_weights(&mut layer, &model.blocks, &betas);
-                let fit = &order[..size];
                 let source = |idx: &[usize]| images_of(&train, &norm, idx);
                 let trained = progress.suspend(|| {
                     perturb_fit::descend(layer, &target, &source, fit, opts.descent, opts.seed ^ size as u64)
                 })?;
-                let fitted_maps = maps_in_batches(&target, &train, &norm, &fit[..fit.len().min(opts.heldout.max(1))]);
                 rows.push(FitRow {
                     fit_images: size,
                     model: "perturb-trained".into(),

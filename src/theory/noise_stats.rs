@@ -27,15 +27,16 @@ use super::features::{Block, Fitter, Maps};
 use super::fit_conv::maps_in_batches;
 use super::lstsq::{NormalEquations, predict};
 use super::perturb_fit::{self, PerturbChoice};
-use super::target::{Target, TargetSource};
+use super::target::{Checkpoint, Target, TargetSource};
 use crate::config::Config;
 use crate::data::{ImageSet, Normalization};
 use crate::layer::fused::FusedAct;
-use crate::models::Geometry;
 
 pub struct NoiseStatsOptions {
-    /// The checkpoint (its layers) or a random convolution.
-    pub sources: Vec<TargetSource>,
+    /// A checkpoint or a random convolution.
+    pub source: TargetSource,
+    /// The checkpoint's convolutions to study; `None`: every stride-1 one.
+    pub layers: Option<Vec<usize>>,
     pub data: Config,
     pub images: usize,
     /// The masks compared with: level, noise type (one mask per channel, no activation).
@@ -375,11 +376,9 @@ pub fn split_centre(weight: &[f32], kernel: usize, maps: Maps, x: &[f32], y: &[f
 }
 
 /// The statistics of one target's neighbourhood term, and of the masks compared with it.
-fn layer_stats(opts: &NoiseStatsOptions, source: &TargetSource, data: &StudyData) -> Result<LayerStats> {
-    let device = burn::tensor::Device::flex();
-    let target = Target::new(source, data.geometry, Some(&opts.data), &device)?;
+fn layer_stats(opts: &NoiseStatsOptions, target: &Target, data: &StudyData) -> Result<LayerStats> {
     let images: Vec<usize> = (0..opts.images.min(data.test.len())).collect();
-    let batches = maps_in_batches(&target, &data.test, &data.normalization, &images);
+    let batches = maps_in_batches(target, &data.test, &data.normalization, &images);
     let (x0, y0) = &batches[0];
     let in_maps = Maps {
         channels: x0.shape[1],
@@ -393,13 +392,13 @@ fn layer_stats(opts: &NoiseStatsOptions, source: &TargetSource, data: &StudyData
     };
     let kernel = target.kernel();
     let weight = target.weight_values();
-    let layer = match source {
-        TargetSource::Checkpoint { layer, .. } => format!("{layer}"),
-        TargetSource::Random { .. } => "random".into(),
+    let layer = match target.net {
+        Some(_) => target.layer.to_string(),
+        None => "random".into(),
     };
 
     // The masks a perturbation layer would add to this layer's input: one per channel.
-    let pnn = perturb_fit::build_layer(&opts.perturb, 1, in_maps, false, opts.seed, &device);
+    let pnn = perturb_fit::build_layer(&opts.perturb, 1, in_maps, false, opts.seed, &target.device);
     let masks = perturb_fit::masks_of(&pnn, &opts.perturb, FusedAct::Identity);
     let p_len = in_maps.pixels();
     let noise: Vec<f64> = (0..in_maps.channels)
@@ -462,7 +461,6 @@ pub struct LayerStats {
 struct StudyData {
     test: ImageSet,
     normalization: Normalization,
-    geometry: Geometry,
 }
 
 /// Runs the study for every target.
@@ -471,11 +469,22 @@ pub fn run(opts: &NoiseStatsOptions) -> Result<Vec<LayerStats>> {
     let data = StudyData {
         test: data.test,
         normalization: data.normalization,
-        geometry,
+    };
+    let device = burn::tensor::Device::flex();
+    let targets = match &opts.source {
+        TargetSource::Random { .. } => vec![Target::new(&opts.source, 0, geometry, Some(&opts.data), &device)?],
+        TargetSource::Checkpoint { dir } => {
+            let checkpoint = Checkpoint::load(dir, &opts.data, geometry, &device)?;
+            let layers = opts.layers.clone().unwrap_or_else(|| checkpoint.stride_one_layers());
+            layers
+                .into_iter()
+                .map(|l| checkpoint.target(l))
+                .collect::<Result<Vec<_>>>()?
+        }
     };
     let mut out = Vec::new();
-    for source in &opts.sources {
-        let stats = layer_stats(opts, source, &data)?;
+    for target in &targets {
+        let stats = layer_stats(opts, target, &data)?;
         if opts.verbose {
             println!(
                 "{}: R^2 by position {:.3} (masks {:.3}), by the centre pixel {:.3} (masks {:.3})",

@@ -21,9 +21,9 @@ pub enum TargetSource {
     /// A random k x k convolution (padding k/2, no bias) from the image channels to `outputs`
     /// channels, initialised as the reference initialises convolutions.
     Random { outputs: usize, kernel: usize, seed: u64 },
-    /// Convolution `layer` of a resnet18 checkpoint: 0 is the stem, then conv1 and conv2 of
-    /// each of the eight blocks.
-    Checkpoint { dir: PathBuf, layer: usize },
+    /// A resnet18 checkpoint, whose 3x3 convolutions are numbered from 0, the stem, then conv1
+    /// and conv2 of each of the eight blocks.
+    Checkpoint { dir: PathBuf },
 }
 
 /// A convolution and the way to the maps it receives.
@@ -37,8 +37,15 @@ pub struct Target {
 }
 
 impl Target {
-    /// Builds the target for images of `geometry`.
-    pub fn new(source: &TargetSource, geometry: Geometry, config: Option<&Config>, device: &Device) -> Result<Self> {
+    /// Convolution `layer` of the source (a random target has only one: give 0), for images of
+    /// `geometry`.
+    pub fn new(
+        source: &TargetSource,
+        layer: usize,
+        geometry: Geometry,
+        config: Option<&Config>,
+        device: &Device,
+    ) -> Result<Self> {
         match source {
             TargetSource::Random { outputs, kernel, seed } => {
                 if kernel % 2 == 0 || *kernel > 7 {
@@ -60,50 +67,11 @@ impl Target {
                     device: device.clone(),
                 })
             }
-            TargetSource::Checkpoint { dir, layer } => {
+            TargetSource::Checkpoint { dir } => {
                 let config = config.context("a checkpoint target needs its configuration")?;
-                let net = load_resnet18(dir, config, geometry, device)?;
-                let convs = net.convs();
-                let Some(conv) = convs.get(*layer) else {
-                    bail!(
-                        "--layer {layer}: resnet18 has 3x3 convolutions 0 (the stem) to {} (conv1 and conv2 of each block)",
-                        convs.len() - 1
-                    );
-                };
-                if conv.stride != [1, 1] {
-                    let usable: Vec<String> = (0..convs.len())
-                        .filter(|&i| convs[i].stride == [1, 1])
-                        .map(|i| i.to_string())
-                        .collect();
-                    bail!(
-                        "--layer {layer} is a stride-2 convolution, which a perturbation layer (it keeps the map size) \
-                         cannot stand in for: use one of the stride-1 layers {}",
-                        usable.join(", ")
-                    );
-                }
-                let conv = (*conv).clone();
-                let [o, c, k, _] = conv.weight.dims();
-                Ok(Self {
-                    conv,
-                    layer: *layer,
-                    description: format!(
-                        "layer {layer} ({}) of the resnet18 checkpoint {}: a {k}x{k} convolution, {c} -> {o} channels",
-                        ResNet18::conv_name(*layer),
-                        dir.display()
-                    ),
-                    net: Some(net),
-                    device: device.clone(),
-                })
+                Checkpoint::load(dir, config, geometry, device)?.target(layer)
             }
         }
-    }
-
-    pub fn in_channels(&self) -> usize {
-        self.conv.weight.dims()[1]
-    }
-
-    pub fn out_channels(&self) -> usize {
-        self.conv.weight.dims()[0]
     }
 
     pub fn kernel(&self) -> usize {
@@ -175,21 +143,73 @@ pub fn checkpoint_config(dir: &Path) -> Result<Config> {
     Ok(checkpoint::load_state(dir)?.config)
 }
 
-/// The resnet18 of a checkpoint, in evaluation mode (BatchNorm uses its running statistics).
-fn load_resnet18(dir: &Path, config: &Config, geometry: Geometry, device: &Device) -> Result<ResNet18> {
-    if config.net_type != NetType::Resnet18 {
-        bail!(
-            "{} holds a {} model: fit-conv and noise-stats study the 3x3 convolutions of a resnet18 checkpoint \
-             (train one with `pnn train --net-type resnet18 ...`), or use --target random",
-            dir.display(),
-            Config::value_name(&config.net_type)
-        );
+/// The resnet18 of a checkpoint, loaded once for as many of its layers as are studied.
+pub struct Checkpoint {
+    dir: PathBuf,
+    /// On a plain (not autodiff) device: BatchNorm uses its running statistics.
+    net: ResNet18,
+    device: Device,
+}
+
+impl Checkpoint {
+    /// Loads the model of a checkpoint whose state (`config`) [`checkpoint_config`] has read
+    /// and checked.
+    pub fn load(dir: &Path, config: &Config, geometry: Geometry, device: &Device) -> Result<Self> {
+        if config.net_type != NetType::Resnet18 {
+            bail!(
+                "{} holds a {} model: fit-conv and noise-stats study the 3x3 convolutions of a resnet18 checkpoint \
+                 (train one with `pnn train --net-type resnet18 ...`), or use --target random",
+                dir.display(),
+                Config::value_name(&config.net_type)
+            );
+        }
+        let net = models::build_for(config, geometry, device)?;
+        let Net::Resnet18(net) = checkpoint::load_model(dir, net)? else {
+            unreachable!("built as resnet18")
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            net,
+            device: device.clone(),
+        })
     }
-    let net = models::build_for(config, geometry, device)?;
-    let net = checkpoint::load_model(dir, net)?;
-    match net {
-        Net::Resnet18(m) => Ok(m),
-        _ => unreachable!("built as resnet18"),
+
+    /// The convolutions a perturbation layer (which keeps the map size) can stand in for.
+    pub fn stride_one_layers(&self) -> Vec<usize> {
+        let convs = self.net.convs();
+        (0..convs.len()).filter(|&i| convs[i].stride == [1, 1]).collect()
+    }
+
+    /// Convolution `layer` as a target.
+    pub fn target(&self, layer: usize) -> Result<Target> {
+        let convs = self.net.convs();
+        let Some(conv) = convs.get(layer) else {
+            bail!(
+                "--layer {layer}: resnet18 has 3x3 convolutions 0 (the stem) to {} (conv1 and conv2 of each block)",
+                convs.len() - 1
+            );
+        };
+        if conv.stride != [1, 1] {
+            let usable: Vec<String> = self.stride_one_layers().iter().map(|i| i.to_string()).collect();
+            bail!(
+                "--layer {layer} is a stride-2 convolution, which a perturbation layer (it keeps the map size) \
+                 cannot stand in for: use one of the stride-1 layers {}",
+                usable.join(", ")
+            );
+        }
+        let conv = (*conv).clone();
+        let [o, c, k, _] = conv.weight.dims();
+        Ok(Target {
+            conv,
+            layer,
+            description: format!(
+                "layer {layer} ({}) of the resnet18 checkpoint {}: a {k}x{k} convolution, {c} -> {o} channels",
+                ResNet18::conv_name(layer),
+                self.dir.display()
+            ),
+            net: Some(self.net.clone()),
+            device: self.device.clone(),
+        })
     }
 }
 

@@ -162,28 +162,20 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
 /// Loads the model and optimizer of a checkpoint (whose state [`load_state`] has checked) into
 /// freshly built ones of the same shape.
 pub fn load_into(dir: &Path, model: Net, optim: ModuleOptimizer) -> Result<(Net, ModuleOptimizer)> {
-    let model = model.try_load_file(dir.join(MODEL_FILE)).map_err(|e| {
-        anyhow::anyhow!(
-            "the model in {} does not fit this configuration ({e}): resume with the flags the run was started with",
-            dir.display()
-        )
-    })?;
+    let model =
+        load_model(dir, model).map_err(|e| anyhow::anyhow!("{e}: resume with the flags the run was started with"))?;
     let optim = optim
         .load(dir.join(OPTIMIZER_FILE))
         .map_err(|e| anyhow::anyhow!("cannot load the optimizer state of {}: {e}", dir.display()))?;
     Ok((model, optim))
 }
 
-/// Loads only the model of a checkpoint (after checking its state and checksums) into a
-/// freshly built one of the same shape: for studying a trained model, not resuming it.
+/// Loads the model of a checkpoint (whose state [`load_state`] has checked) into a freshly
+/// built one of the same shape.
 pub fn load_model(dir: &Path, model: Net) -> Result<Net> {
-    load_state(dir)?;
-    model.try_load_file(dir.join(MODEL_FILE)).map_err(|e| {
-        anyhow::anyhow!(
-            "the model in {} does not fit the configuration recorded beside it ({e}): the checkpoint is damaged",
-            dir.display()
-        )
-    })
+    model
+        .try_load_file(dir.join(MODEL_FILE))
+        .map_err(|e| anyhow::anyhow!("the model in {} does not fit this configuration ({e})", dir.display()))
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
