@@ -359,13 +359,19 @@ fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
 
 /// The CPU backend's BatchNorm (`batchnorm_cpu`) gives what burn's generic training-mode
 /// BatchNorm gives: output, batch mean and variance, and the gradients of input, gamma and
-/// beta, for 4-D and 3-D maps and 2-D features.
+/// beta, for 4-D and 3-D maps and 2-D features; and with its ReLU fused in, what burn's
+/// BatchNorm followed by burn's ReLU gives.
 #[test]
 fn cpu_batchnorm_matches_burns_batchnorm() {
     use pnn::layer::batchnorm_cpu;
     let device = Device::flex().autodiff();
     device.seed(11);
     fn check<const D: usize>(shape: [usize; D], device: &Device) {
+        for relu in [false, true] {
+            check_with::<D>(shape, relu, device);
+        }
+    }
+    fn check_with<const D: usize>(shape: [usize; D], relu: bool, device: &Device) {
         let c = shape[1];
         let x: Tensor<D> = Tensor::random(shape, Distribution::Normal(0.5, 2.0), device);
         let gamma: Tensor<1> = Tensor::random([c], Distribution::Uniform(0.5, 1.5), device);
@@ -378,11 +384,16 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
                 beta.clone().require_grad(),
             );
             let (y, mean, var) = if cpu {
-                let (y, m) = batchnorm_cpu::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+                let (y, m) = batchnorm_cpu::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5, relu);
                 (y, to_vec(m.clone().slice([0..1, 0..c])), to_vec(m.slice([1..2, 0..c])))
             } else {
                 let t = burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
-                (t.output, to_vec(t.mean), to_vec(t.variance))
+                let y = if relu {
+                    burn::tensor::activation::relu(t.output)
+                } else {
+                    t.output
+                };
+                (y, to_vec(t.mean), to_vec(t.variance))
             };
             let grads = (y.clone() * r.clone()).sum().backward();
             vec![
@@ -395,7 +406,16 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
             ]
         };
         let (cpu, generic) = (run(true), run(false));
-        assert_parts_close(&cpu, &generic, &format!("{shape:?}"));
+        if relu {
+            // The ReLU must have cut something and passed something, or it tested nothing.
+            let zeros = cpu[0].iter().filter(|&&v| v == 0.0).count();
+            assert!(
+                zeros > 0 && zeros < cpu[0].len(),
+                "{shape:?}: {zeros} of {} cut",
+                cpu[0].len()
+            );
+        }
+        assert_parts_close(&cpu, &generic, &format!("{shape:?}, relu {relu}"));
     }
     // Maps of fewer than 64 values per channel take the sample-by-sample path, larger ones the
     // per-channel path: both sides of the boundary, 1x1 maps and 2-D features.
@@ -406,6 +426,42 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
     check([7, 3, 2, 2], &device);
     check([3, 2, 63], &device);
     check([2, 4, 8, 8], &device);
+}
+
+/// The end of a ResNet block on the CPU backend (`relu_cpu::add_relu`) gives what burn's addition
+/// and ReLU give: output and both operands' gradients, also where only one operand is tracked,
+/// on sizes below, at and across the kernel's chunks.
+#[test]
+fn cpu_add_relu_matches_burns_add_and_relu() {
+    use pnn::layer::relu_cpu;
+    let device = Device::flex().autodiff();
+    device.seed(17);
+    for shape in [[2, 3, 4, 4], [3, 5, 33, 31], [1, 1, 1, 1]] {
+        let a: Tensor<4> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let b: Tensor<4> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let r: Tensor<4> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        for track_b in [true, false] {
+            let run = |cpu: bool| {
+                let a = a.clone().require_grad();
+                let b = if track_b { b.clone().require_grad() } else { b.clone() };
+                let y = if cpu {
+                    relu_cpu::add_relu(a.clone(), b.clone())
+                } else {
+                    burn::tensor::activation::relu(a.clone() + b.clone())
+                };
+                let grads = (y.clone() * r.clone()).sum().backward();
+                let mut parts = vec![to_vec(y), to_vec(a.grad(&grads).unwrap())];
+                if track_b {
+                    parts.push(to_vec(b.grad(&grads).unwrap()));
+                } else {
+                    assert!(b.grad(&grads).is_none(), "an untracked operand got a gradient");
+                }
+                parts
+            };
+            let (cpu, generic) = (run(true), run(false));
+            assert_eq!(cpu, generic, "{shape:?}, operand b tracked: {track_b}");
+        }
+    }
 }
 
 /// The CPU backend's max pooling (`maxpool_cpu`) gives what burn's gives, output and input

@@ -6,7 +6,7 @@
 //! training, running statistics in evaluation.
 
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::{Device, Tensor, s};
+use burn::tensor::{Device, Tensor, activation, s};
 
 use super::{batchnorm_cpu, fused};
 
@@ -34,21 +34,31 @@ impl BatchNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if x.device().is_autodiff() {
-            self.forward_train(x)
-        } else {
-            burn::tensor::module::batch_norm(
-                x,
-                self.weight.val(),
-                self.bias.val(),
-                self.running_mean.value(),
-                self.running_var.value(),
-                BN_EPSILON,
-            )
-        }
+        self.forward_then(x, false)
     }
 
-    fn forward_train<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+    /// `relu(self.forward(x))`, in one pass where the CPU kernel runs.
+    pub fn forward_relu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_then(x, true)
+    }
+
+    fn forward_then<const D: usize>(&self, x: Tensor<D>, relu: bool) -> Tensor<D> {
+        if x.device().is_autodiff() {
+            return self.forward_train(x, relu);
+        }
+        let y = burn::tensor::module::batch_norm(
+            x,
+            self.weight.val(),
+            self.bias.val(),
+            self.running_mean.value(),
+            self.running_var.value(),
+            BN_EPSILON,
+        );
+        if relu { activation::relu(y) } else { y }
+    }
+
+    /// Training mode, followed by a ReLU when `relu` (in the same pass on the CPU backend).
+    fn forward_train<const D: usize>(&self, x: Tensor<D>, relu: bool) -> Tensor<D> {
         let dims = x.dims();
         // Values per channel that the batch statistics were computed over.
         let n: usize = dims
@@ -58,12 +68,18 @@ impl BatchNorm {
             .map(|(_, d)| d)
             .product();
         let (output, batch_mean, batch_var) = if fused::available(&x.device()) {
-            let (output, moments) = batchnorm_cpu::batch_norm_train(x, self.weight.val(), self.bias.val(), BN_EPSILON);
+            let (output, moments) =
+                batchnorm_cpu::batch_norm_train(x, self.weight.val(), self.bias.val(), BN_EPSILON, relu);
             let [mean, variance] = [0, 1].map(|i| moments.clone().slice(s![i, ..]).reshape([-1]));
             (output, mean, variance)
         } else {
             let result = burn::tensor::module::batch_norm_train(x, self.weight.val(), self.bias.val(), BN_EPSILON);
-            (result.output, result.mean, result.variance)
+            let output = if relu {
+                activation::relu(result.output)
+            } else {
+                result.output
+            };
+            (output, result.mean, result.variance)
         };
         let unbias = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };
         let mean = self.running_mean.value_sync();

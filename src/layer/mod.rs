@@ -4,6 +4,7 @@ pub mod activation;
 pub mod batchnorm;
 pub mod batchnorm_cpu;
 pub mod blocks;
+pub mod buffer;
 pub mod classifier;
 pub mod conv;
 pub mod conv_cpu;
@@ -16,6 +17,7 @@ pub mod norm_conv;
 pub mod perturb;
 pub mod pointwise;
 pub mod pool;
+pub mod relu_cpu;
 
 pub use activation::Activation;
 pub use batchnorm::BatchNorm;

@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::batchnorm::BatchNorm;
 use super::conv::{self, ConvSpec};
+use super::{fused, relu_cpu};
 
 #[derive(Module, Debug)]
 pub struct ConvBn {
@@ -34,6 +35,11 @@ impl ConvBn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.bn.forward(conv::forward(&self.conv, x))
     }
+
+    /// `relu(self.forward(x))`, BatchNorm and ReLU in one pass where the CPU kernel runs.
+    pub fn forward_relu(&self, x: Tensor<4>) -> Tensor<4> {
+        self.bn.forward_relu(conv::forward(&self.conv, x))
+    }
 }
 
 /// The projection shortcut a ResNet block needs when it changes the map size or the width;
@@ -48,7 +54,11 @@ pub fn residual_relu(y: Tensor<4>, x: Tensor<4>, shortcut: &Option<ConvBn>) -> T
         Some(s) => s.forward(x),
         None => x,
     };
-    relu(y + residual)
+    if fused::available(&y.device()) && y.dims() == residual.dims() {
+        relu_cpu::add_relu(y, residual)
+    } else {
+        relu(y + residual)
+    }
 }
 
 /// Average over each whole feature map: [N, C, H, W] -> [N, C].

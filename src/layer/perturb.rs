@@ -118,13 +118,21 @@ impl PerturbLayer {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let Some(noise) = &self.noise else {
             // Convolution layer: conv -> BatchNorm -> activation.
-            return self.act.forward(self.bn.forward(conv::forward(&self.conv, x)));
+            return self.normalise_activate(&self.bn, conv::forward(&self.conv, x));
         };
         let y = self.combine(x, noise.val());
-        let y = self.act.forward(self.bn.forward(y));
+        let y = self.normalise_activate(&self.bn, y);
         match &self.mix {
-            Some(mix) => self.act.forward(mix.bn.forward(conv::forward(&mix.conv, y))),
+            Some(mix) => self.normalise_activate(&mix.bn, conv::forward(&mix.conv, y)),
             None => y,
+        }
+    }
+
+    /// `act(bn(y))`: with ReLU, BatchNorm's kernel applies it in the same pass.
+    fn normalise_activate(&self, bn: &BatchNorm, y: Tensor<4>) -> Tensor<4> {
+        match self.act.kind {
+            Act::Relu => bn.forward_relu(y),
+            _ => self.act.forward(bn.forward(y)),
         }
     }
 

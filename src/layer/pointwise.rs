@@ -21,10 +21,13 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::layer::blocks::{add_vectors, block_len};
+use crate::layer::buffer::{par_filled, write_copy};
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
 
 #[backend_extension(Flex, Autodiff)]
@@ -70,58 +73,56 @@ impl Mat {
 /// # Safety
 /// `dst` must hold m x n floats, `a` and `b` must address m x k and k x n floats.
 pub(crate) unsafe fn matmul(dst: &mut [f32], accumulate: bool, m: usize, n: usize, k: usize, a: Mat, b: Mat) {
-    // SAFETY: passed on.
-    unsafe { matmul_with(dst, accumulate, m, n, k, a, b, Parallelism::None) }
-}
-
-/// [`matmul`] on rayon's threads, split by gemm itself: for the batch-wide products.
-///
-/// # Safety
-/// As [`matmul`].
-pub(crate) unsafe fn matmul_threaded(dst: &mut [f32], accumulate: bool, m: usize, n: usize, k: usize, a: Mat, b: Mat) {
-    // SAFETY: passed on.
-    unsafe { matmul_with(dst, accumulate, m, n, k, a, b, Parallelism::Rayon(0)) }
-}
-
-/// [`matmul`] with the given threading.
-///
-/// # Safety
-/// As [`matmul`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul_with(
-    dst: &mut [f32],
-    accumulate: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Mat,
-    b: Mat,
-    par: Parallelism,
-) {
     debug_assert_eq!(dst.len(), m * n);
+    // SAFETY: passed on.
+    unsafe { matmul_raw(dst.as_mut_ptr(), accumulate, m, n, k, a, b, Parallelism::None) }
+}
+
+/// `dst = a b` into memory not yet written, on this thread: gemm only writes `dst` when it is
+/// not asked to accumulate (it sets its own `alpha` to zero and never reads the destination).
+///
+/// # Safety
+/// As [`matmul`]. Every element of `dst` is written.
+pub(crate) unsafe fn matmul_into(dst: &mut [MaybeUninit<f32>], m: usize, n: usize, k: usize, a: Mat, b: Mat) {
+    debug_assert_eq!(dst.len(), m * n);
+    // SAFETY: passed on.
+    unsafe { matmul_raw(dst.as_mut_ptr().cast(), false, m, n, k, a, b, Parallelism::None) }
+}
+
+/// [`matmul_into`] on rayon's threads, split by gemm itself: for the batch-wide products.
+///
+/// # Safety
+/// As [`matmul_into`].
+pub(crate) unsafe fn matmul_threaded_into(dst: &mut [MaybeUninit<f32>], m: usize, n: usize, k: usize, a: Mat, b: Mat) {
+    debug_assert_eq!(dst.len(), m * n);
+    // SAFETY: passed on.
+    unsafe { matmul_raw(dst.as_mut_ptr().cast(), false, m, n, k, a, b, Parallelism::Rayon(0)) }
+}
+
+/// A vector of `len` floats written whole by `product` ([`matmul_threaded_into`]).
+///
+/// # Safety
+/// `product` must write all of the slice it is given.
+unsafe fn product_of(len: usize, product: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    product(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's promise.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// gemm's call with pnn's conventions (row-major views, `dst = [dst +] a b`).
+///
+/// # Safety
+/// `dst` must address m x n floats (initialised when `accumulate`), `a` and `b` m x k and k x n.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_raw(dst: *mut f32, accumulate: bool, m: usize, n: usize, k: usize, a: Mat, b: Mat, par: Parallelism) {
     // SAFETY: the shapes and strides are the caller's promise; gemm reads `a` and `b` and
     // writes `dst` within them.
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
+            m, n, k, dst, 1, n as isize, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, 1.0, false, false,
+            false, par,
         )
     }
 }
@@ -157,70 +158,72 @@ const SMALL_MAPS: usize = 64;
 
 /// [N, K, HW] -> [K, N x HW].
 fn gather(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
-    let mut out = vec![0f32; v.len()];
-    out.par_chunks_mut(n * hw).enumerate().for_each(|(kk, row)| {
-        for (sample, dst) in row.chunks_mut(hw).enumerate() {
-            dst.copy_from_slice(&v[(sample * k + kk) * hw..][..hw]);
-        }
-    });
-    out
+    // SAFETY: each row of N x HW is written sample by sample.
+    unsafe {
+        par_filled(v.len(), n * hw, |kk, row| {
+            for (sample, dst) in row.chunks_mut(hw).enumerate() {
+                write_copy(dst, &v[(sample * k + kk) * hw..][..hw]);
+            }
+        })
+    }
 }
 
 /// [K, N x HW] -> [N, K, HW].
 fn scatter(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
-    let mut out = vec![0f32; v.len()];
-    out.par_chunks_mut(k * hw).enumerate().for_each(|(sample, dst)| {
-        for (kk, d) in dst.chunks_mut(hw).enumerate() {
-            d.copy_from_slice(&v[kk * n * hw + sample * hw..][..hw]);
-        }
-    });
-    out
+    // SAFETY: each sample's K x HW is written channel by channel.
+    unsafe {
+        par_filled(v.len(), k * hw, |sample, dst| {
+            for (kk, d) in dst.chunks_mut(hw).enumerate() {
+                write_copy(d, &v[kk * n * hw + sample * hw..][..hw]);
+            }
+        })
+    }
 }
 
 fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
     if s.hw == 1 {
         // 1x1 maps: a fully connected layer, y [N, O] = x [N, C] W^T, with no regrouping.
-        let mut y = vec![0f32; s.n * s.o];
-        // SAFETY: y is N x O, x N x C, W^T C x O.
-        unsafe {
-            matmul_threaded(
-                &mut y,
-                false,
-                s.n,
-                s.o,
-                s.c,
-                Mat::row_major(x.as_ptr(), s.c),
-                Mat::transposed(w.as_ptr(), s.c),
-            )
+        // SAFETY: y is N x O, x N x C, W^T C x O; the product writes all of y.
+        return unsafe {
+            product_of(s.n * s.o, |y| {
+                matmul_threaded_into(
+                    y,
+                    s.n,
+                    s.o,
+                    s.c,
+                    Mat::row_major(x.as_ptr(), s.c),
+                    Mat::transposed(w.as_ptr(), s.c),
+                )
+            })
         };
-        return y;
     }
     if s.hw <= SMALL_MAPS {
         let cols = s.n * s.hw;
         let x2 = gather(x, s.n, s.c, s.hw);
-        let mut y2 = vec![0f32; s.o * cols];
-        // SAFETY: y2 is O x (N HW), w O x C, x2 C x (N HW).
-        unsafe {
-            matmul_threaded(
-                &mut y2,
-                false,
-                s.o,
-                cols,
-                s.c,
-                Mat::row_major(w.as_ptr(), s.c),
-                Mat::row_major(x2.as_ptr(), cols),
-            )
+        // SAFETY: y2 is O x (N HW), w O x C, x2 C x (N HW); the product writes all of y2.
+        let y2 = unsafe {
+            product_of(s.o * cols, |y2| {
+                matmul_threaded_into(
+                    y2,
+                    s.o,
+                    cols,
+                    s.c,
+                    Mat::row_major(w.as_ptr(), s.c),
+                    Mat::row_major(x2.as_ptr(), cols),
+                )
+            })
         };
         return scatter(&y2, s.n, s.o, s.hw);
     }
-    let mut y = vec![0f32; s.n * s.o * s.hw];
     let weight = Mat::row_major(w.as_ptr(), s.c);
-    y.par_chunks_mut(s.o * s.hw).enumerate().for_each(|(n, y_n)| {
-        let x_n = Mat::row_major(x[n * s.c * s.hw..].as_ptr(), s.hw);
-        // SAFETY: y_n is O x HW, weight O x C, x_n C x HW, all within their buffers.
-        unsafe { matmul(y_n, false, s.o, s.hw, s.c, weight, x_n) };
-    });
-    y
+    // SAFETY: y_n is O x HW, weight O x C, x_n C x HW, all within their buffers; the product
+    // writes all of y_n.
+    unsafe {
+        par_filled(s.n * s.o * s.hw, s.o * s.hw, |n, y_n| {
+            let x_n = Mat::row_major(x[n * s.c * s.hw..].as_ptr(), s.hw);
+            matmul_into(y_n, s.o, s.hw, s.c, weight, x_n);
+        })
+    }
 }
 
 /// (dx, dW) from dy.
@@ -228,15 +231,18 @@ fn backward_values(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> 
     if s.hw <= SMALL_MAPS {
         return backward_small_maps(s, x, w, dy, need_x);
     }
-    let mut dx = vec![0f32; if need_x { s.n * s.c * s.hw } else { 0 }];
-    if need_x {
+    let dx = if need_x {
         let weight_t = Mat::transposed(w.as_ptr(), s.c);
-        dx.par_chunks_mut(s.c * s.hw).enumerate().for_each(|(n, dx_n)| {
-            let dy_n = Mat::row_major(dy[n * s.o * s.hw..].as_ptr(), s.hw);
-            // SAFETY: dx_n is C x HW, W^T C x O, dy_n O x HW.
-            unsafe { matmul(dx_n, false, s.c, s.hw, s.o, weight_t, dy_n) };
-        });
-    }
+        // SAFETY: dx_n is C x HW, W^T C x O, dy_n O x HW; the product writes all of dx_n.
+        unsafe {
+            par_filled(s.n * s.c * s.hw, s.c * s.hw, |n, dx_n| {
+                let dy_n = Mat::row_major(dy[n * s.o * s.hw..].as_ptr(), s.hw);
+                matmul_into(dx_n, s.c, s.hw, s.o, weight_t, dy_n);
+            })
+        }
+    } else {
+        Vec::new()
+    };
     // One partial dW per thread's block of samples, then their sum.
     let block = block_len(s.n);
     let starts: Vec<usize> = (0..s.n).step_by(block).collect();
@@ -266,51 +272,52 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
     let dy2 = gather(dy, s.n, s.o, s.hw);
     let x2 = gather(x, s.n, s.c, s.hw);
     let dx = if need_x {
-        let mut dx2 = vec![0f32; s.c * cols];
         let weight_t = Mat::transposed(w.as_ptr(), s.c);
-        // SAFETY: dx2 is C x (N HW), W^T C x O, dy2 O x (N HW).
-        unsafe {
-            matmul_threaded(
-                &mut dx2,
-                false,
-                s.c,
-                cols,
-                s.o,
-                weight_t,
-                Mat::row_major(dy2.as_ptr(), cols),
-            )
+        // SAFETY: dx2 is C x (N HW), W^T C x O, dy2 O x (N HW); the product writes all of dx2.
+        let dx2 = unsafe {
+            product_of(s.c * cols, |dx2| {
+                matmul_threaded_into(dx2, s.c, cols, s.o, weight_t, Mat::row_major(dy2.as_ptr(), cols))
+            })
         };
         scatter(&dx2, s.n, s.c, s.hw)
     } else {
         Vec::new()
     };
-    let mut dw = vec![0f32; s.o * s.c];
     let x2_t = Mat::transposed(x2.as_ptr(), cols);
-    // SAFETY: dw is O x C, dy2 O x (N HW), x2^T (N HW) x C.
-    unsafe { matmul_threaded(&mut dw, false, s.o, s.c, cols, Mat::row_major(dy2.as_ptr(), cols), x2_t) };
+    // SAFETY: dw is O x C, dy2 O x (N HW), x2^T (N HW) x C; the product writes all of dw.
+    let dw = unsafe {
+        product_of(s.o * s.c, |dw| {
+            matmul_threaded_into(dw, s.o, s.c, cols, Mat::row_major(dy2.as_ptr(), cols), x2_t)
+        })
+    };
     (dx, dw)
 }
 
 /// The backward pass on 1x1 maps: dx [N, C] = dy [N, O] W, dW [O, C] = dy^T x.
 fn backward_fully_connected(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
     let dy_rows = Mat::row_major(dy.as_ptr(), s.o);
-    let mut dx = vec![0f32; if need_x { s.n * s.c } else { 0 }];
-    if need_x {
-        // SAFETY: dx is N x C, dy N x O, W O x C.
-        unsafe { matmul_threaded(&mut dx, false, s.n, s.c, s.o, dy_rows, Mat::row_major(w.as_ptr(), s.c)) };
-    }
-    let mut dw = vec![0f32; s.o * s.c];
-    // SAFETY: dw is O x C, dy^T O x N, x N x C.
-    unsafe {
-        matmul_threaded(
-            &mut dw,
-            false,
-            s.o,
-            s.c,
-            s.n,
-            Mat::transposed(dy.as_ptr(), s.o),
-            Mat::row_major(x.as_ptr(), s.c),
-        )
+    let dx = if need_x {
+        // SAFETY: dx is N x C, dy N x O, W O x C; the product writes all of dx.
+        unsafe {
+            product_of(s.n * s.c, |dx| {
+                matmul_threaded_into(dx, s.n, s.c, s.o, dy_rows, Mat::row_major(w.as_ptr(), s.c))
+            })
+        }
+    } else {
+        Vec::new()
+    };
+    // SAFETY: dw is O x C, dy^T O x N, x N x C; the product writes all of dw.
+    let dw = unsafe {
+        product_of(s.o * s.c, |dw| {
+            matmul_threaded_into(
+                dw,
+                s.o,
+                s.c,
+                s.n,
+                Mat::transposed(dy.as_ptr(), s.o),
+                Mat::row_major(x.as_ptr(), s.c),
+            )
+        })
     };
     (dx, dw)
 }
@@ -375,4 +382,38 @@ pub fn pointwise_conv(x: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
         x.into_dispatch(),
         weight.into_dispatch(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The uninitialised destinations rely on gemm never reading `dst` when it does not
+    /// accumulate: a destination full of NaN must not leak into the product, on either path.
+    #[test]
+    fn products_into_fresh_memory_ignore_what_was_there() {
+        let (m, n, k) = (7, 33, 5);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.5).collect();
+        let expected: Vec<f32> = (0..m * n)
+            .map(|ij| (0..k).map(|p| a[ij / n * k + p] * b[p * n + ij % n]).sum())
+            .collect();
+        for threaded in [false, true] {
+            let mut dst = vec![MaybeUninit::new(f32::NAN); m * n];
+            let (a, b) = (Mat::row_major(a.as_ptr(), k), Mat::row_major(b.as_ptr(), n));
+            // SAFETY: dst is m x n, a m x k, b k x n.
+            unsafe {
+                if threaded {
+                    matmul_threaded_into(&mut dst, m, n, k, a, b)
+                } else {
+                    matmul_into(&mut dst, m, n, k, a, b)
+                }
+            };
+            // SAFETY: filled with NaN, then overwritten.
+            let got = unsafe { crate::layer::buffer::assume_init(&mut dst) };
+            for (g, e) in got.iter().zip(&expected) {
+                assert!((g - e).abs() < 1e-4, "threaded {threaded}: {g} vs {e}");
+            }
+        }
+    }
 }

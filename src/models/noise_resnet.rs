@@ -70,7 +70,7 @@ impl NoiseBasicBlock {
         if let Some(pool) = &self.pool {
             y = pool.forward(y);
         }
-        let y = relu(self.bn1.forward(y));
+        let y = self.bn1.forward_relu(y);
         let y = self.bn2.forward(self.noise2.forward(y));
         residual_relu(y, x, &self.shortcut)
     }
@@ -127,7 +127,7 @@ impl NoiseResNet18 {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.stem.forward(x));
+        let mut x = self.stem.forward_relu(x);
         if let Some(pool) = &self.stem_pool {
             x = pool.forward(x);
         }

@@ -4,7 +4,6 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::Geometry;
@@ -34,7 +33,7 @@ impl BasicBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = relu(self.conv1.forward(x.clone()));
+        let y = self.conv1.forward_relu(x.clone());
         let y = self.conv2.forward(y);
         residual_relu(y, x, &self.shortcut)
     }
@@ -72,7 +71,7 @@ impl ResNet18 {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.stem.forward(x));
+        let mut x = self.stem.forward_relu(x);
         for block in &self.blocks {
             x = block.forward(x);
         }
@@ -109,12 +108,12 @@ impl ResNet18 {
             return x;
         }
         let (block, second) = ((index - 1) / 2, (index - 1) % 2 == 1);
-        let mut x = relu(self.stem.forward(x));
+        let mut x = self.stem.forward_relu(x);
         for b in &self.blocks[..block] {
             x = b.forward(x);
         }
         if second {
-            relu(self.blocks[block].conv1.forward(x))
+            self.blocks[block].conv1.forward_relu(x)
         } else {
             x
         }
