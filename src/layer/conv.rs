@@ -115,17 +115,17 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         };
     }
     let [sh, sw] = conv.stride;
-    let x = if sh == 1 && sw == 1 {
-        x
-    } else {
-        let [_, _, h, w] = x.dims();
-        x.slice(s![.., .., 0..h;sh as isize, 0..w;sw as isize])
+    let bias = match &conv.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([o], &x.device()),
     };
-    let y = pointwise_conv(x, conv.weight.val());
-    match &conv.bias {
-        Some(b) => y + b.val().reshape([1, o, 1, 1]),
-        None => y,
+    if sh == sw {
+        return pointwise_conv(x, conv.weight.val(), bias, sh);
     }
+    // Unequal strides (no model builds them): keep every stride-th pixel first.
+    let [_, _, h, w] = x.dims();
+    let x = x.slice(s![.., .., 0..h;sh as isize, 0..w;sw as isize]);
+    pointwise_conv(x, conv.weight.val(), bias, 1)
 }
 
 /// (stride, padding) of a convolution the CPU operation computes: square kernel, ungrouped, no

@@ -1,10 +1,18 @@
-//! The 1x1 convolution (ungrouped, no padding, stride 1) on the CPU backend as one operation
-//! with a hand-written backward, each part a strided matrix product (the `gemm` crate, which
-//! flex's own matrix product uses):
+//! The 1x1 convolution (ungrouped, no padding) on the CPU backend as one operation with a
+//! hand-written backward, each part a strided matrix product (the `gemm` crate, which flex's
+//! own matrix product uses):
 //!
-//!   forward   y[n]  = W x[n]                  [O, HW] = [O, C] [C, HW]
+//!   forward   y[n]  = W x[n] + b              [O, HW] = [O, C] [C, HW]
 //!   backward  dx[n] = W^T dy[n]               W^T read through strides, not copied
 //!             dW    = sum_n dy[n] x[n]^T      accumulated in place, x[n]^T through strides
+//!             db    = sum_n sum_hw dy[n]
+//!
+//! With a stride s the input is first subsampled (every s-th row and column: what a 1x1
+//! convolution with stride s reads), and the input gradient is placed back at those pixels.
+//! The bias and the stride are part of the operation because, as burn's broadcast addition,
+//! slice and their backward passes (a sum over three axes, a zeroed buffer written through a
+//! slice), each ran on the main thread alone: 4-5% of a `perturb_resnet18 --filter_size 1`
+//! step's samples in perf.
 //!
 //! Why not burn's operations: flex's convolution took 2-3x longer for these shapes, and its
 //! matrix product copies every transposed operand first (`copy_2d_tiled` was a sixth of a
@@ -29,11 +37,17 @@ use rayon::prelude::*;
 use crate::layer::blocks::{add_vectors, block_len};
 use crate::layer::buffer::{par_filled, write_copy};
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
+use crate::layer::lanes::sum;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait PointwiseOps: burn::backend::Backend {
-    /// x [N, C, H, W], weight [O, C, 1, 1] -> [N, O, H, W], without bias.
-    fn pointwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// x [N, C, H, W], weight [O, C, 1, 1], bias [O] -> [N, O, ceil(H / stride), ceil(W / stride)].
+    fn pointwise_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self>;
 }
 
 /// A row-major matrix view: element (r, c) at `ptr + r * rs + c * cs`.
@@ -168,23 +182,78 @@ fn gather(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
     }
 }
 
-/// [K, N x HW] -> [N, K, HW].
-fn scatter(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
+/// [K, N x HW] -> [N, K, HW], adding `bias[k]` to row k when given.
+fn scatter(v: &[f32], n: usize, k: usize, hw: usize, bias: Option<&[f32]>) -> Vec<f32> {
     // SAFETY: each sample's K x HW is written channel by channel.
     unsafe {
         par_filled(v.len(), k * hw, |sample, dst| {
             for (kk, d) in dst.chunks_mut(hw).enumerate() {
-                write_copy(d, &v[kk * n * hw + sample * hw..][..hw]);
+                let src = &v[kk * n * hw + sample * hw..][..hw];
+                match bias {
+                    Some(b) => d.iter_mut().zip(src).for_each(|(d, &v)| {
+                        d.write(v + b[kk]);
+                    }),
+                    None => write_copy(d, src),
+                }
             }
         })
     }
 }
 
-fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// Adds `bias[r]` to row r of a row-major matrix with rows of `cols` values.
+fn add_bias(m: &mut [f32], bias: &[f32], cols: usize) {
+    for (row, &b) in m.chunks_mut(cols).zip(bias) {
+        row.iter_mut().for_each(|v| *v += b);
+    }
+}
+
+/// The map size after a stride: every stride-th pixel, from the first.
+fn strided(size: usize, stride: usize) -> usize {
+    size.div_ceil(stride)
+}
+
+/// x [N, C, H, W] -> [N, C, ceil(H / s), ceil(W / s)]: the pixels a 1x1 convolution with stride
+/// s reads.
+fn subsample(x: &[f32], n: usize, c: usize, [h, w]: [usize; 2], stride: usize) -> Vec<f32> {
+    let (oh, ow) = (strided(h, stride), strided(w, stride));
+    // SAFETY: each output plane is written row by row, every pixel of it.
+    unsafe {
+        par_filled(n * c * oh * ow, oh * ow, |plane, dst| {
+            let src = &x[plane * h * w..][..h * w];
+            for (oy, row) in dst.chunks_mut(ow).enumerate() {
+                let src_row = &src[oy * stride * w..][..w];
+                for (d, &v) in row.iter_mut().zip(src_row.iter().step_by(stride)) {
+                    d.write(v);
+                }
+            }
+        })
+    }
+}
+
+/// The inverse placement of [`subsample`] for gradients: dx_sub's values at the pixels they
+/// were read from, zeros elsewhere.
+fn upsample(dx_sub: &[f32], n: usize, c: usize, [h, w]: [usize; 2], stride: usize) -> Vec<f32> {
+    let (oh, ow) = (strided(h, stride), strided(w, stride));
+    // SAFETY: each plane is zeroed whole, then written.
+    unsafe {
+        par_filled(n * c * h * w, h * w, |plane, dst| {
+            let dst = crate::layer::buffer::zeroed(dst);
+            let src = &dx_sub[plane * oh * ow..][..oh * ow];
+            for (oy, row) in src.chunks(ow).enumerate() {
+                let dst_row = &mut dst[oy * stride * w..][..w];
+                for (d, &v) in dst_row.iter_mut().step_by(stride).zip(row) {
+                    *d = v;
+                }
+            }
+        })
+    }
+}
+
+fn forward_values(s: Sizes, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
     if s.hw == 1 {
         // 1x1 maps: a fully connected layer, y [N, O] = x [N, C] W^T, with no regrouping.
         // SAFETY: y is N x O, x N x C, W^T C x O; the product writes all of y.
-        return unsafe {
+        let mut y = unsafe {
             product_of(s.n * s.o, |y| {
                 matmul_threaded_into(
                     y,
@@ -196,6 +265,10 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
                 )
             })
         };
+        for row in y.chunks_mut(s.o) {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+        return y;
     }
     if s.hw <= SMALL_MAPS {
         let cols = s.n * s.hw;
@@ -213,7 +286,7 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
                 )
             })
         };
-        return scatter(&y2, s.n, s.o, s.hw);
+        return scatter(&y2, s.n, s.o, s.hw, Some(bias));
     }
     let weight = Mat::row_major(w.as_ptr(), s.c);
     // SAFETY: y_n is O x HW, weight O x C, x_n C x HW, all within their buffers; the product
@@ -222,8 +295,21 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32]) -> Vec<f32> {
         par_filled(s.n * s.o * s.hw, s.o * s.hw, |n, y_n| {
             let x_n = Mat::row_major(x[n * s.c * s.hw..].as_ptr(), s.hw);
             matmul_into(y_n, s.o, s.hw, s.c, weight, x_n);
+            // The bias while the sample's output is still in cache.
+            add_bias(crate::layer::buffer::assume_init(y_n), bias, s.hw);
         })
     }
+}
+
+/// The bias gradient: each output channel's dy summed over samples and pixels.
+fn bias_grad(s: Sizes, dy: &[f32]) -> Vec<f32> {
+    (0..s.o)
+        .into_par_iter()
+        .map(|o| {
+            let total: f64 = (0..s.n).map(|n| sum(&dy[(n * s.o + o) * s.hw..][..s.hw]) as f64).sum();
+            total as f32
+        })
+        .collect()
 }
 
 /// (dx, dW) from dy.
@@ -279,7 +365,7 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
                 matmul_threaded_into(dx2, s.c, cols, s.o, weight_t, Mat::row_major(dy2.as_ptr(), cols))
             })
         };
-        scatter(&dx2, s.n, s.c, s.hw)
+        scatter(&dx2, s.n, s.c, s.hw, None)
     } else {
         Vec::new()
     };
@@ -322,65 +408,105 @@ fn backward_fully_connected(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: 
     (dx, dw)
 }
 
-fn forward_flex(x: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
-    let s = Sizes::of(&dims(x), &dims(weight));
-    let (x, weight) = (contiguous(x), contiguous(weight));
-    let [_, _, h, w] = dims(&x)[..] else {
+/// The subsampled input the products read: x itself at stride 1.
+fn strided_input(x: &FlexTensor, stride: usize) -> FlexTensor {
+    let x = contiguous(x);
+    if stride == 1 {
+        return x;
+    }
+    let [n, c, h, w] = dims(&x)[..] else {
+        panic!("pointwise_conv: x {:?} is not [N, C, H, W]", dims(&x))
+    };
+    let sub = subsample(values(&x), n, c, [h, w], stride);
+    tensor(sub, vec![n, c, strided(h, stride), strided(w, stride)])
+}
+
+/// The forward pass on the (subsampled) input.
+fn forward_flex(x_sub: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
+    let s = Sizes::of(&dims(x_sub), &dims(weight));
+    let (weight, bias) = (contiguous(weight), contiguous(bias));
+    assert_eq!(values(&bias).len(), s.o, "pointwise_conv: bias of the wrong length");
+    let [_, _, h, w] = dims(x_sub)[..] else {
         unreachable!("checked by Sizes::of")
     };
-    tensor(forward_values(s, values(&x), values(&weight)), vec![s.n, s.o, h, w])
+    tensor(
+        forward_values(s, values(x_sub), values(&weight), values(&bias)),
+        vec![s.n, s.o, h, w],
+    )
 }
 
 impl PointwiseOps for Flex {
-    fn pointwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        forward_flex(&x, &weight)
+    fn pointwise_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, stride: usize) -> FlexTensor {
+        forward_flex(&strided_input(&x, stride), &weight, &bias)
     }
 }
 
 #[derive(Debug)]
 struct PointwiseBackward;
 
-impl Backward<Flex, 2> for PointwiseBackward {
-    type State = (FlexTensor, FlexTensor);
+/// What the backward pass keeps: the subsampled input, the weight, the input's shape and the
+/// stride.
+type SavedState = (FlexTensor, FlexTensor, Vec<usize>, usize);
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let [node_x, node_weight] = ops.parents;
+impl Backward<Flex, 3> for PointwiseBackward {
+    type State = SavedState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_weight, node_bias] = ops.parents;
         let dy = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (x, weight) = ops.state;
-        let (x_dims, weight_dims) = (dims(&x), dims(&weight));
-        let s = Sizes::of(&x_dims, &weight_dims);
-        let (x, weight) = (contiguous(&x), contiguous(&weight));
-        let (dx, dw) = backward_values(s, values(&x), values(&weight), values(&dy), node_x.is_some());
+        let (x_sub, weight, x_dims, stride) = ops.state;
+        let weight_dims = dims(&weight);
+        let s = Sizes::of(&dims(&x_sub), &weight_dims);
+        let weight = contiguous(&weight);
+        let (dx, dw) = backward_values(s, values(&x_sub), values(&weight), values(&dy), node_x.is_some());
         if let Some(node) = node_x {
+            let dx = if stride == 1 {
+                dx
+            } else {
+                upsample(&dx, s.n, s.c, [x_dims[2], x_dims[3]], stride)
+            };
             grads.register::<Flex>(node.id, tensor(dx, x_dims));
         }
         if let Some(node) = node_weight {
             grads.register::<Flex>(node.id, tensor(dw, weight_dims));
         }
+        if let Some(node) = node_bias {
+            grads.register::<Flex>(node.id, tensor(bias_grad(s, values(&dy)), vec![s.o]));
+        }
     }
 }
 
 impl<C: CheckpointStrategy> PointwiseOps for Autodiff<Flex, C> {
-    fn pointwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn pointwise_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
         let prep = PointwiseBackward
-            .prepare::<C>([x.node(), weight.node()])
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful();
-        let (x, weight) = (x.primitive().clone(), weight.primitive().clone());
-        let out = forward_flex(&x, &weight);
+        let x_dims = dims(x.primitive());
+        let x_sub = strided_input(x.primitive(), stride);
+        let weight = weight.primitive().clone();
+        let out = forward_flex(&x_sub, &weight, bias.primitive());
         match prep {
-            OpsKind::Tracked(prep) => prep.finish((x, weight), out),
+            OpsKind::Tracked(prep) => prep.finish((x_sub, weight, x_dims, stride), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 }
 
-/// `weight * x` as a 1x1 convolution without bias: x [N, C, H, W], weight [O, C, 1, 1]. CPU
-/// backend only (see `conv::forward`, which decides).
-pub fn pointwise_conv(x: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
+/// `weight * x + bias` as a 1x1 convolution with a stride: x [N, C, H, W], weight [O, C, 1, 1],
+/// bias [O] (zeros for a convolution without one: an untracked constant gets no gradient).
+/// CPU backend only (see `conv::forward`, which decides).
+pub fn pointwise_conv(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, stride: usize) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as PointwiseOps>::pointwise_conv(
         x.into_dispatch(),
         weight.into_dispatch(),
+        bias.into_dispatch(),
+        stride,
     ))
 }
 
