@@ -520,6 +520,10 @@ fn cpu_convolution_matches_burns_convolution() {
         (1, 2, 3, 1, 0, false, 5),
         (2, 2, 3, 2, 0, true, 4),
         (2, 2, 3, 3, 2, false, 5),
+        // Output maps over 64 pixels take the per-sample path, the others the batch-wide one.
+        (3, 4, 3, 1, 1, false, 9),
+        (2, 3, 3, 2, 1, true, 17),
+        (3, 2, 7, 2, 3, false, 19),
     ] {
         let layer = ConvSpec::new(c_in, c_out, k)
             .stride(stride)
@@ -527,24 +531,33 @@ fn cpu_convolution_matches_burns_convolution() {
             .bias(bias)
             .init(&device);
         let x: Tensor<4> = Tensor::random([3, c_in, size, size], Distribution::Normal(0.0, 1.0), &device);
-        let run = |cpu: bool| {
-            let x = x.clone().require_grad();
-            let y = if cpu {
-                conv::forward(&layer, x.clone())
-            } else {
-                layer.forward(x.clone())
+        // Also with an input that needs no gradient, as the images entering the first layer.
+        for track_x in [true, false] {
+            let run = |cpu: bool| {
+                let x = if track_x { x.clone().require_grad() } else { x.clone() };
+                let y = if cpu {
+                    conv::forward(&layer, x.clone())
+                } else {
+                    layer.forward(x.clone())
+                };
+                let r = Tensor::<4>::ones(y.dims(), &device).cumsum(3).sin();
+                let grads = (y.clone() * r).sum().backward();
+                let mut out = vec![y.dims().iter().map(|&d| d as f32).collect(), to_vec(y)];
+                if track_x {
+                    out.push(to_vec(x.grad(&grads).unwrap()));
+                }
+                out.push(to_vec(layer.weight.grad(&grads).unwrap()));
+                if let Some(b) = &layer.bias {
+                    out.push(to_vec(b.grad(&grads).unwrap()));
+                }
+                out
             };
-            let r = Tensor::<4>::ones(y.dims(), &device).cumsum(3).sin();
-            let grads = (y.clone() * r).sum().backward();
-            let mut out = vec![y.dims().iter().map(|&d| d as f32).collect(), to_vec(y)];
-            out.push(to_vec(x.grad(&grads).unwrap()));
-            out.push(to_vec(layer.weight.grad(&grads).unwrap()));
-            if let Some(b) = &layer.bias {
-                out.push(to_vec(b.grad(&grads).unwrap()));
-            }
-            out
-        };
-        let (fast, reference) = (run(true), run(false));
-        assert_parts_close(&fast, &reference, &format!("k {k} s {stride} p {pad}"));
+            let (fast, reference) = (run(true), run(false));
+            assert_parts_close(
+                &fast,
+                &reference,
+                &format!("k {k} s {stride} p {pad} size {size} x tracked {track_x}"),
+            );
+        }
     }
 }

@@ -18,8 +18,9 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::layer::blocks::{add_vectors, block_len};
+use crate::layer::buffer::{par_filled, zeroed};
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
-use crate::layer::pointwise::{Mat, matmul};
+use crate::layer::pointwise::{Mat, gather, matmul, matmul_into, matmul_threaded, matmul_threaded_into, scatter};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait ConvOps: burn::backend::Backend {
@@ -101,39 +102,59 @@ impl Geometry {
 /// (memset and im2col were a tenth of a resnet18 step in perf).
 fn im2col(g: &Geometry, x_n: &[f32], cols: &mut [f32]) {
     for (row, dst) in cols.chunks_mut(g.cols()).enumerate() {
-        let (c, i, j) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
-        let plane = &x_n[c * g.h * g.w..][..g.h * g.w];
-        let (y_lo, y_hi) = g.inside(i, g.h, g.oh);
-        let (x_lo, x_hi) = g.inside(j, g.w, g.ow);
-        let whole_rows = g.stride == 1 && x_lo == 0 && x_hi == g.ow && g.ow == g.w && j == g.padding;
-        if !whole_rows {
-            dst.fill(0.0);
-        }
-        if x_lo == x_hi || y_lo == y_hi {
-            continue;
-        }
-        let first = x_lo * g.stride + j - g.padding;
-        let src_row = |oy: usize| (oy * g.stride + i - g.padding) * g.w;
-        if whole_rows {
-            // The centre column of a stride-1 kernel on a map as wide as its output: the valid
-            // output rows are one contiguous block of the input plane.
-            dst[..y_lo * g.ow].fill(0.0);
-            dst[y_hi * g.ow..].fill(0.0);
-            let n = (y_hi - y_lo) * g.ow;
-            dst[y_lo * g.ow..][..n].copy_from_slice(&plane[src_row(y_lo)..][..n]);
-            continue;
-        }
-        for oy in y_lo..y_hi {
-            let out = &mut dst[oy * g.ow..][x_lo..x_hi];
-            let src = &plane[src_row(oy) + first..];
-            if g.stride == 1 {
-                copy_run(out, src);
-            } else {
-                for (v, s) in out.iter_mut().zip(src.iter().step_by(g.stride)) {
-                    *v = *s;
-                }
+        im2col_row(g, x_n, row, dst);
+    }
+}
+
+/// Row `row` = (c, i, j) of one sample's patch matrix: `dst` holds its OH x OW values.
+fn im2col_row(g: &Geometry, x_n: &[f32], row: usize, dst: &mut [f32]) {
+    let (c, i, j) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
+    let plane = &x_n[c * g.h * g.w..][..g.h * g.w];
+    let (y_lo, y_hi) = g.inside(i, g.h, g.oh);
+    let (x_lo, x_hi) = g.inside(j, g.w, g.ow);
+    let whole_rows = g.stride == 1 && x_lo == 0 && x_hi == g.ow && g.ow == g.w && j == g.padding;
+    if !whole_rows {
+        dst.fill(0.0);
+    }
+    if x_lo == x_hi || y_lo == y_hi {
+        return;
+    }
+    let first = x_lo * g.stride + j - g.padding;
+    let src_row = |oy: usize| (oy * g.stride + i - g.padding) * g.w;
+    if whole_rows {
+        // The centre column of a stride-1 kernel on a map as wide as its output: the valid
+        // output rows are one contiguous block of the input plane.
+        dst[..y_lo * g.ow].fill(0.0);
+        dst[y_hi * g.ow..].fill(0.0);
+        let n = (y_hi - y_lo) * g.ow;
+        dst[y_lo * g.ow..][..n].copy_from_slice(&plane[src_row(y_lo)..][..n]);
+        return;
+    }
+    for oy in y_lo..y_hi {
+        let out = &mut dst[oy * g.ow..][x_lo..x_hi];
+        let src = &plane[src_row(oy) + first..];
+        if g.stride == 1 {
+            copy_run(out, src);
+        } else {
+            for (v, s) in out.iter_mut().zip(src.iter().step_by(g.stride)) {
+                *v = *s;
             }
         }
+    }
+}
+
+/// The whole batch's patch matrix [CKK, N x OHW]: sample n's patches in columns n OHW.., built
+/// row by row on rayon's threads.
+fn im2col_batch(g: &Geometry, x: &[f32]) -> Vec<f32> {
+    let (plane_in, cols) = (g.c * g.h * g.w, g.cols());
+    // SAFETY: each row is zeroed, then written by im2col_row.
+    unsafe {
+        par_filled(g.rows() * g.n * cols, g.n * cols, |row, dst| {
+            let dst = zeroed(dst);
+            for (n, block) in dst.chunks_mut(cols).enumerate() {
+                im2col_row(g, &x[n * plane_in..][..plane_in], row, block);
+            }
+        })
     }
 }
 
@@ -153,9 +174,12 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Adds each patch value back to the input pixel it came from.
-fn col2im(g: &Geometry, cols: &[f32], dx_n: &mut [f32]) {
-    for (row, src) in cols.chunks(g.cols()).enumerate() {
+/// Adds each patch value back to the input pixel it came from. Row r of the patch matrix is
+/// `cols[r * row_stride..][..OHW]`: `row_stride` is OHW for one sample's matrix, N x OHW for the
+/// batch's (with `cols` starting at the sample's first column).
+fn col2im(g: &Geometry, cols: &[f32], row_stride: usize, dx_n: &mut [f32]) {
+    for row in 0..g.rows() {
+        let src = &cols[row * row_stride..][..g.cols()];
         let (c, i, j) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
         let plane = &mut dx_n[c * g.h * g.w..][..g.h * g.w];
         let (y_lo, y_hi) = g.inside(i, g.h, g.oh);
@@ -178,60 +202,180 @@ fn col2im(g: &Geometry, cols: &[f32], dx_n: &mut [f32]) {
     }
 }
 
+/// Output maps of at most this many pixels are computed for the whole batch at once: one
+/// [CKK, N x OHW] patch matrix and one threaded product per pass. Per sample, the products of
+/// the last stages are too thin (a 4 x 4 map: 16 columns): the forward pass packed the whole
+/// weight matrix again for every sample, and the weight gradient, a product over only 16
+/// pixels, read and wrote all of dW once per sample.
+const SMALL_MAPS: usize = 64;
+
 fn forward_values(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; g.n * g.o * g.cols()];
-    y.par_chunks_mut(g.o * g.cols()).enumerate().for_each_init(
-        || vec![0f32; g.rows() * g.cols()],
-        |cols, (n, y_n)| {
-            im2col(&g, &x[n * g.c * g.h * g.w..][..g.c * g.h * g.w], cols);
-            // SAFETY: y_n is O x OHW, w O x CKK, cols CKK x OHW.
-            unsafe {
-                matmul(
+    if g.cols() <= SMALL_MAPS {
+        return forward_batch(g, x, w);
+    }
+    let weight = Mat::row_major(w.as_ptr(), g.rows());
+    // SAFETY: y_n is O x OHW, w O x CKK, cols CKK x OHW; the product writes all of y_n.
+    unsafe {
+        par_filled(g.n * g.o * g.cols(), g.o * g.cols(), |n, y_n| {
+            COLS.with_borrow_mut(|cols| {
+                cols.resize(g.rows() * g.cols(), 0.0);
+                im2col(&g, &x[n * g.c * g.h * g.w..][..g.c * g.h * g.w], cols);
+                matmul_into(
                     y_n,
-                    false,
                     g.o,
                     g.cols(),
                     g.rows(),
-                    Mat::row_major(w.as_ptr(), g.rows()),
+                    weight,
                     Mat::row_major(cols.as_ptr(), g.cols()),
-                )
-            };
-        },
-    );
-    y
+                );
+            })
+        })
+    }
+}
+
+thread_local! {
+    /// One patch matrix per thread, reused from call to call.
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The forward pass of [`SMALL_MAPS`] maps: Y [O, N x OHW] = W cols, then back to [N, O, OHW].
+fn forward_batch(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let width = g.n * g.cols();
+    let cols = im2col_batch(&g, x);
+    let mut y2 = vec![0f32; 0];
+    y2.reserve_exact(g.o * width);
+    // SAFETY: y2 is O x (N OHW), w O x CKK, cols CKK x (N OHW); the product writes all of y2.
+    unsafe {
+        matmul_threaded_into(
+            &mut y2.spare_capacity_mut()[..g.o * width],
+            g.o,
+            width,
+            g.rows(),
+            Mat::row_major(w.as_ptr(), g.rows()),
+            Mat::row_major(cols.as_ptr(), width),
+        );
+        y2.set_len(g.o * width);
+    }
+    scatter(&y2, g.n, g.o, g.cols(), None)
 }
 
 /// (dx, dW).
 fn backward_values(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
+    if g.cols() <= SMALL_MAPS {
+        return backward_batch(g, x, w, dy, need_x);
+    }
+    let plane_in = g.c * g.h * g.w;
+    let block = block_len(g.n);
+    let w_t = Mat::transposed(w.as_ptr(), g.rows());
+    // One block of samples per thread: its share of dx (zeroed by the thread itself, for
+    // col2im adds into it) and its partial dW.
+    let partial = std::sync::Mutex::new(Vec::new());
+    // SAFETY: every block of dx is zeroed before anything is added to it.
+    let dx = unsafe {
+        par_filled(
+            if need_x { g.n * plane_in } else { 0 },
+            block * plane_in,
+            |b, dx_block| {
+                let dx_block = zeroed(dx_block);
+                let dw = dw_of_block(&g, x, dy, w_t, b * block..((b + 1) * block).min(g.n), Some(dx_block));
+                partial.lock().expect("no thread panicked").push((b, dw));
+            },
+        )
+    };
+    let mut partial = partial.into_inner().expect("no thread panicked");
+    if !need_x {
+        let starts: Vec<usize> = (0..g.n).step_by(block).collect();
+        partial = starts
+            .into_par_iter()
+            .map(|start| {
+                (
+                    start / block,
+                    dw_of_block(&g, x, dy, w_t, start..(start + block).min(g.n), None),
+                )
+            })
+            .collect();
+    }
+    // Summed in block order, so that a step gives the same dW however the threads ran.
+    partial.sort_by_key(|(b, _)| *b);
+    let dw = partial
+        .into_iter()
+        .map(|(_, dw)| dw)
+        .reduce(add_vectors)
+        .unwrap_or_else(|| vec![0f32; g.o * g.rows()]);
+    (dx, dw)
+}
+
+/// The weight gradient of samples `samples`, and with `dx_block` their input gradient added
+/// into it (the block's planes, in order).
+fn dw_of_block(
+    g: &Geometry,
+    x: &[f32],
+    dy: &[f32],
+    w_t: Mat,
+    samples: std::ops::Range<usize>,
+    mut dx_block: Option<&mut [f32]>,
+) -> Vec<f32> {
     let plane_in = g.c * g.h * g.w;
     let plane_out = g.o * g.cols();
-    let block = block_len(g.n);
-    let mut dx = vec![0f32; g.n * plane_in];
-    let w_t = Mat::transposed(w.as_ptr(), g.rows());
-    let dw = dx
-        .par_chunks_mut(block * plane_in)
-        .enumerate()
-        .map(|(b, dx_block)| {
-            let mut dw = vec![0f32; g.o * g.rows()];
-            let mut cols = vec![0f32; g.rows() * g.cols()];
-            for (i, dx_n) in dx_block.chunks_mut(plane_in).enumerate() {
-                let n = b * block + i;
-                let dy_n = Mat::row_major(dy[n * plane_out..].as_ptr(), g.cols());
-                im2col(&g, &x[n * plane_in..][..plane_in], &mut cols);
-                let cols_t = Mat::transposed(cols.as_ptr(), g.cols());
-                // SAFETY: dw is O x CKK, dy_n O x OHW, cols^T OHW x CKK.
-                unsafe { matmul(&mut dw, i > 0, g.o, g.rows(), g.cols(), dy_n, cols_t) };
-                if need_x {
-                    // SAFETY: cols is CKK x OHW, W^T CKK x O, dy_n O x OHW.
-                    unsafe { matmul(&mut cols, false, g.rows(), g.cols(), g.o, w_t, dy_n) };
-                    col2im(&g, &cols, dx_n);
-                }
-            }
-            dw
+    let mut dw = vec![0f32; g.o * g.rows()];
+    let mut cols = vec![0f32; g.rows() * g.cols()];
+    let first = samples.start;
+    for n in samples {
+        let dy_n = Mat::row_major(dy[n * plane_out..].as_ptr(), g.cols());
+        im2col(g, &x[n * plane_in..][..plane_in], &mut cols);
+        let cols_t = Mat::transposed(cols.as_ptr(), g.cols());
+        // SAFETY: dw is O x CKK, dy_n O x OHW, cols^T OHW x CKK.
+        unsafe { matmul(&mut dw, n > first, g.o, g.rows(), g.cols(), dy_n, cols_t) };
+        if let Some(dx_block) = dx_block.as_deref_mut() {
+            // SAFETY: cols is CKK x OHW, W^T CKK x O, dy_n O x OHW.
+            unsafe { matmul(&mut cols, false, g.rows(), g.cols(), g.o, w_t, dy_n) };
+            col2im(g, &cols, g.cols(), &mut dx_block[(n - first) * plane_in..][..plane_in]);
+        }
+    }
+    dw
+}
+
+/// The backward pass of [`SMALL_MAPS`] maps, with the batch as one matrix:
+/// dW = dY cols^T and dcols = W^T dY, [CKK, N x OHW], then col2im per sample.
+fn backward_batch(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
+    let width = g.n * g.cols();
+    let cols = im2col_batch(&g, x);
+    let dy2 = gather(dy, g.n, g.o, g.cols());
+    let mut dw = vec![0f32; g.o * g.rows()];
+    // SAFETY: dw is O x CKK, dy2 O x (N OHW), cols^T (N OHW) x CKK.
+    unsafe {
+        matmul_threaded(
+            &mut dw,
+            g.o,
+            g.rows(),
+            width,
+            Mat::row_major(dy2.as_ptr(), width),
+            Mat::transposed(cols.as_ptr(), width),
+        )
+    };
+    if !need_x {
+        return (Vec::new(), dw);
+    }
+    let mut dcols = cols;
+    // SAFETY: dcols is CKK x (N OHW), W^T CKK x O, dy2 O x (N OHW).
+    unsafe {
+        matmul_threaded(
+            &mut dcols,
+            g.rows(),
+            width,
+            g.o,
+            Mat::transposed(w.as_ptr(), g.rows()),
+            Mat::row_major(dy2.as_ptr(), width),
+        )
+    };
+    let plane_in = g.c * g.h * g.w;
+    // SAFETY: each sample's plane is zeroed before col2im adds into it.
+    let dx = unsafe {
+        par_filled(g.n * plane_in, plane_in, |n, dx_n| {
+            col2im(&g, &dcols[n * g.cols()..], width, zeroed(dx_n));
         })
-        .reduce_with(add_vectors)
-        .unwrap_or_else(|| vec![0f32; g.o * g.rows()]);
-    (if need_x { dx } else { Vec::new() }, dw)
+    };
+    (dx, dw)
 }
 
 fn forward_flex(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) -> FlexTensor {

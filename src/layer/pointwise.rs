@@ -103,6 +103,16 @@ pub(crate) unsafe fn matmul_into(dst: &mut [MaybeUninit<f32>], m: usize, n: usiz
     unsafe { matmul_raw(dst.as_mut_ptr().cast(), false, m, n, k, a, b, Parallelism::None) }
 }
 
+/// [`matmul`] on rayon's threads, split by gemm itself: for the batch-wide products.
+///
+/// # Safety
+/// As [`matmul`].
+pub(crate) unsafe fn matmul_threaded(dst: &mut [f32], m: usize, n: usize, k: usize, a: Mat, b: Mat) {
+    debug_assert_eq!(dst.len(), m * n);
+    // SAFETY: passed on.
+    unsafe { matmul_raw(dst.as_mut_ptr(), false, m, n, k, a, b, Parallelism::Rayon(0)) }
+}
+
 /// [`matmul_into`] on rayon's threads, split by gemm itself: for the batch-wide products.
 ///
 /// # Safety
@@ -171,7 +181,7 @@ impl Sizes {
 const SMALL_MAPS: usize = 64;
 
 /// [N, K, HW] -> [K, N x HW].
-fn gather(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
+pub(crate) fn gather(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
     // SAFETY: each row of N x HW is written sample by sample.
     unsafe {
         par_filled(v.len(), n * hw, |kk, row| {
@@ -183,7 +193,7 @@ fn gather(v: &[f32], n: usize, k: usize, hw: usize) -> Vec<f32> {
 }
 
 /// [K, N x HW] -> [N, K, HW], adding `bias[k]` to row k when given.
-fn scatter(v: &[f32], n: usize, k: usize, hw: usize, bias: Option<&[f32]>) -> Vec<f32> {
+pub(crate) fn scatter(v: &[f32], n: usize, k: usize, hw: usize, bias: Option<&[f32]>) -> Vec<f32> {
     // SAFETY: each sample's K x HW is written channel by channel.
     unsafe {
         par_filled(v.len(), k * hw, |sample, dst| {
