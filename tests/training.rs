@@ -306,3 +306,84 @@ fn inconsistent_configurations_are_refused_with_the_way_out() {
         .to_string();
     assert!(err.contains("--dropout"), "{err}");
 }
+
+/// pnn's SGD (one parallel pass per parameter, `train::sgd`) gives burn's `Sgd` bit for bit,
+/// with and without momentum and weight decay, on parameters larger than one of its chunks; and
+/// the state a burn `Sgd` saved loads into it and continues identically (checkpoints written
+/// before pnn had its own SGD resume).
+#[test]
+fn fused_sgd_is_burns_sgd_bit_for_bit_and_reads_its_checkpoints() {
+    use burn::optim::decay::WeightDecayConfig;
+    use burn::optim::momentum::MomentumConfig;
+    use burn::optim::{ModuleOptimizer, SgdConfig};
+    use pnn::train::sgd;
+
+    #[derive(Module, Debug)]
+    struct Two {
+        a: Param<Tensor<2>>,
+        b: Param<Tensor<1>>,
+    }
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let start = Two {
+        a: Param::from_tensor(Tensor::random([70, 500], Distribution::Normal(0.0, 1.0), &device)),
+        b: Param::from_tensor(Tensor::random([7], Distribution::Normal(0.0, 1.0), &device)),
+    };
+    let targets: Vec<Tensor<2>> = (0..4)
+        .map(|_| Tensor::random([70, 500], Distribution::Normal(0.0, 1.0), &device))
+        .collect();
+    let values = |m: &Two| -> Vec<f32> {
+        let mut v = m.a.val().into_data().try_to_vec::<f32>().unwrap();
+        v.extend(m.b.val().into_data().try_to_vec::<f32>().unwrap());
+        v
+    };
+    // Steps `range` of a loss whose gradient changes from step to step.
+    let steps = |mut m: Two, optim: &mut ModuleOptimizer, range: std::ops::Range<usize>| -> Two {
+        for t in range {
+            let loss = (m.a.val() - targets[t].clone()).powf_scalar(2.0).sum() + m.b.val().powf_scalar(3.0).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            m = optim.step(0.05 / (t + 1) as f64, m, grads);
+        }
+        m
+    };
+    let dir = std::env::temp_dir().join(format!("pnn-sgd-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (momentum, decay) in [(true, true), (true, false), (false, true), (false, false)] {
+        let burns = || {
+            let m = momentum.then(|| {
+                MomentumConfig::new()
+                    .with_momentum(0.9)
+                    .with_dampening(0.0)
+                    .with_nesterov(true)
+            });
+            SgdConfig::new()
+                .with_momentum(m)
+                .with_weight_decay(decay.then(|| WeightDecayConfig::new(1e-3)))
+                .init()
+        };
+        let ours = || {
+            ModuleOptimizer::from(sgd::Sgd {
+                momentum: momentum.then_some(sgd::Momentum {
+                    momentum: 0.9,
+                    dampening: 0.0,
+                    nesterov: true,
+                }),
+                weight_decay: decay.then_some(1e-3),
+            })
+        };
+        let what = format!("momentum {momentum}, weight decay {decay}");
+        let (mut burn_optim, mut our_optim) = (burns(), ours());
+        let by_burn = steps(start.clone(), &mut burn_optim, 0..2);
+        let by_us = steps(start.clone(), &mut our_optim, 0..2);
+        assert_eq!(values(&by_burn), values(&by_us), "{what}: two steps");
+        assert_ne!(values(&by_us), values(&start), "{what}: the steps moved nothing");
+        // burn's state, saved and loaded into ours, then two more steps each.
+        let file = dir.join("optimizer.bpk");
+        burn_optim.save(&file).unwrap();
+        let mut resumed = ours().load(&file).unwrap();
+        let by_burn = steps(by_burn, &mut burn_optim, 2..4);
+        let by_us = steps(by_us, &mut resumed, 2..4);
+        assert_eq!(values(&by_burn), values(&by_us), "{what}: resumed from burn's state");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

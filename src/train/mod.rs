@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod optim;
 pub mod run_dir;
 pub mod schedule;
+pub mod sgd;
 pub mod trainer;
 
 pub use trainer::{RunOptions, RunSummary, train};

@@ -2,8 +2,9 @@
 //! differ: SGD dampening 0.1, Adam and RMSprop eps 1e-5).
 
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, ModuleOptimizer, RmsPropConfig, SgdConfig};
+use burn::optim::{AdamConfig, ModuleOptimizer, RmsPropConfig};
+
+use super::sgd;
 
 use crate::config::{Config, OptimMethod};
 
@@ -18,13 +19,16 @@ pub fn build(config: &Config) -> ModuleOptimizer {
     match config.optim_method {
         OptimMethod::Sgd => {
             // The reference uses nesterov=True, which PyTorch allows only with dampening 0.
-            let momentum = (config.momentum != 0.0).then(|| {
-                MomentumConfig::new()
-                    .with_momentum(config.momentum)
-                    .with_dampening(0.0)
-                    .with_nesterov(true)
+            // burn's rule, computed in one parallel pass per parameter (see `sgd.rs`).
+            let momentum = (config.momentum != 0.0).then_some(sgd::Momentum {
+                momentum: config.momentum as f32,
+                dampening: 0.0,
+                nesterov: true,
             });
-            SgdConfig::new().with_momentum(momentum).with_weight_decay(decay).init()
+            ModuleOptimizer::from(sgd::Sgd {
+                momentum,
+                weight_decay: (config.weight_decay != 0.0).then_some(config.weight_decay as f32),
+            })
         }
         OptimMethod::Adam => AdamConfig::new()
             .with_beta_1(config.adam_beta1 as f32)
