@@ -430,15 +430,22 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
 
 /// The end of a ResNet block on the CPU backend (`relu_cpu::add_relu`) gives what burn's addition
 /// and ReLU give: output and both operands' gradients, also where only one operand is tracked,
-/// on sizes below, at and across the kernel's chunks.
+/// on sizes below, at and across the kernel's chunks, and with the second operand one sample
+/// broadcast over the batch (noiseresnet18's noise).
 #[test]
 fn cpu_add_relu_matches_burns_add_and_relu() {
     use pnn::layer::relu_cpu;
     let device = Device::flex().autodiff();
     device.seed(17);
-    for shape in [[2, 3, 4, 4], [3, 5, 33, 31], [1, 1, 1, 1]] {
+    for (shape, b_shape) in [
+        ([2, 3, 4, 4], [2, 3, 4, 4]),
+        ([3, 5, 33, 31], [3, 5, 33, 31]),
+        ([1, 1, 1, 1], [1, 1, 1, 1]),
+        ([3, 5, 33, 31], [1, 5, 33, 31]),
+        ([4, 2, 3, 3], [1, 2, 3, 3]),
+    ] {
         let a: Tensor<4> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let b: Tensor<4> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let b: Tensor<4> = Tensor::random(b_shape, Distribution::Normal(0.0, 1.0), &device);
         let r: Tensor<4> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
         for track_b in [true, false] {
             let run = |cpu: bool| {
@@ -459,7 +466,16 @@ fn cpu_add_relu_matches_burns_add_and_relu() {
                 parts
             };
             let (cpu, generic) = (run(true), run(false));
-            assert_eq!(cpu, generic, "{shape:?}, operand b tracked: {track_b}");
+            if shape == b_shape {
+                assert_eq!(cpu, generic, "{shape:?}, operand b tracked: {track_b}");
+            } else {
+                // The broadcast operand's gradient is a sum over the batch, in another order.
+                assert_parts_close(
+                    &cpu,
+                    &generic,
+                    &format!("{shape:?} + {b_shape:?}, b tracked: {track_b}"),
+                );
+            }
         }
     }
 }

@@ -24,10 +24,9 @@ use std::mem::MaybeUninit;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use crate::layer::buffer::par_filled;
+use crate::layer::buffer::{par_filled, par_filled_with};
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
 use crate::layer::lanes::{dot_centered, sum, sum_sq_dev};
-use crate::layer::relu_cpu::through_relu;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait BatchNormOps: burn::backend::Backend {
@@ -181,9 +180,19 @@ fn forward_values(
 
 /// (sum dy, sum dy * xhat) over channel `c`.
 #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
-fn channel_grad_sums(sz: Sizes, x: &[f32], dy: &[f32], c: usize, mean: f32, inv_std: f32) -> (f32, f32) {
+fn channel_grad_sums(
+    sz: Sizes,
+    x: &[f32],
+    dy: &[f32],
+    relu_out: Option<&[f32]>,
+    c: usize,
+    mean: f32,
+    inv_std: f32,
+) -> (f32, f32) {
     let (mut sum_dy, mut sum_dy_centered) = (0f64, 0f64);
-    for (xr, dr) in sz.runs(x, c).zip(sz.runs(dy, c)) {
+    let mut scratch = Vec::new();
+    for (n, xr) in sz.runs(x, c).enumerate() {
+        let dr = grad_run(dy, relu_out, n * sz.c * sz.s + c * sz.s, sz.s, &mut scratch);
         sum_dy += sum(dr) as f64;
         sum_dy_centered += dot_centered(dr, xr, mean) as f64;
     }
@@ -209,6 +218,31 @@ fn input_grad(
 }
 
 /// (dx, dgamma, dbeta).
+/// `dy[at..at + len]`; after a fused ReLU whose output was `relu_out`, the gradient that passed
+/// it (0 where the output was cut), written into `scratch`. Masking run by run keeps the
+/// masked gradient from ever being a whole-map buffer.
+fn grad_run<'a>(
+    dy: &'a [f32],
+    relu_out: Option<&[f32]>,
+    at: usize,
+    len: usize,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let d = &dy[at..][..len];
+    let Some(out) = relu_out else {
+        return d;
+    };
+    scratch.clear();
+    scratch.extend(
+        d.iter()
+            .zip(&out[at..][..len])
+            .map(|(&g, &o)| if o > 0.0 { g } else { 0.0 }),
+    );
+    scratch
+}
+
+/// (dx, dgamma, dbeta), from the gradient `dy` of the output, or of the ReLU after it when
+/// `relu_out` (that ReLU's output) is given.
 fn backward_values(
     sz: Sizes,
     x: &[f32],
@@ -216,13 +250,17 @@ fn backward_values(
     gamma: &[f32],
     eps: f32,
     dy: &[f32],
+    relu_out: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let inv_std: Vec<f32> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
     let m = sz.count() as f32;
     if sz.small() {
         let mean_at = sz.per_position(|c| stats[c].0);
+        let row = sz.c * sz.s;
         let sums: Vec<(f32, f32)> = small::channel_sums(sz, |acc, n| {
-            small::add_grad(acc, sz.sample(x, n), sz.sample(dy, n), &mean_at)
+            let mut scratch = Vec::new();
+            let dy_n = grad_run(dy, relu_out, n * row, row, &mut scratch);
+            small::add_grad(acc, sz.sample(x, n), dy_n, &mean_at)
         })
         .iter()
         .zip(&inv_std)
@@ -234,15 +272,15 @@ fn backward_values(
         let a_at = sz.per_position(k);
         let b_at = sz.per_position(|c| -k(c) * inv_std[c] * sums[c].1 / m);
         let c_at = sz.per_position(|c| -k(c) * sums[c].0 / m);
-        let row = (sz.c * sz.s).max(1);
+        let row = row.max(1);
         // SAFETY: small::input_grad writes every value of its row.
         let dx = unsafe {
-            par_filled(x.len(), row, |n, dx| {
+            par_filled_with(x.len(), row, Vec::new, |scratch, n, dx| {
                 let at = n * row;
                 small::input_grad(
                     dx,
                     &x[at..][..dx.len()],
-                    &dy[at..][..dx.len()],
+                    grad_run(dy, relu_out, at, dx.len(), scratch),
                     &mean_at,
                     [&a_at, &b_at, &c_at],
                 )
@@ -256,19 +294,19 @@ fn backward_values(
     }
     let sums: Vec<(f32, f32)> = (0..sz.c)
         .into_par_iter()
-        .map(|c| channel_grad_sums(sz, x, dy, c, stats[c].0, inv_std[c]))
+        .map(|c| channel_grad_sums(sz, x, dy, relu_out, c, stats[c].0, inv_std[c]))
         .collect();
     let run = sz.s.max(1);
     // SAFETY: input_grad writes every value of its run.
     let dx = unsafe {
-        par_filled(x.len(), run, |i, dx| {
+        par_filled_with(x.len(), run, Vec::new, |scratch, i, dx| {
             let c = i % sz.c;
             let (sum_dy, sum_dy_xhat) = sums[c];
             let at = i * run;
             input_grad(
                 dx,
                 &x[at..][..dx.len()],
-                &dy[at..][..dx.len()],
+                grad_run(dy, relu_out, at, dx.len(), scratch),
                 gamma[c] * inv_std[c],
                 stats[c].0,
                 inv_std[c],
@@ -435,9 +473,16 @@ impl Backward<Flex, 4> for BatchNormBackward {
         let sz = Sizes::of(&shape);
         let (x, gamma) = (contiguous(&x), contiguous(&gamma));
         let stats = unpack(&moments);
-        let masked = relu_out.map(|out| through_relu(values(&dy), values(&contiguous(&out))));
-        let dy = masked.as_deref().unwrap_or(values(&dy));
-        let (dx, dgamma, dbeta) = backward_values(sz, values(&x), &stats, values(&gamma), eps, dy);
+        let relu_out = relu_out.map(|out| contiguous(&out));
+        let (dx, dgamma, dbeta) = backward_values(
+            sz,
+            values(&x),
+            &stats,
+            values(&gamma),
+            eps,
+            values(&dy),
+            relu_out.as_ref().map(values),
+        );
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, tensor(dx, shape));
         }

@@ -30,6 +30,28 @@ pub unsafe fn par_filled(
     v
 }
 
+/// [`par_filled`] with a scratch value per rayon task, made by `init` (as rayon's
+/// `for_each_init`): `fill(scratch, i, chunk)`. The scratch lives only as long as the call, so
+/// the memory a step holds does not depend on which threads ran what before.
+///
+/// # Safety
+/// As [`par_filled`].
+pub unsafe fn par_filled_with<T>(
+    len: usize,
+    chunk_len: usize,
+    init: impl Fn() -> T + Sync + Send,
+    fill: impl Fn(&mut T, usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk_len.max(1))
+        .enumerate()
+        .for_each_init(init, |scratch, (i, chunk)| fill(scratch, i, chunk));
+    // SAFETY: the caller's promise: every chunk, hence every element below len, was written.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// Writes zeros over `chunk` and returns it as initialised floats: for kernels that accumulate.
 pub fn zeroed(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     for v in chunk.iter_mut() {

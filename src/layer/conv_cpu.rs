@@ -18,7 +18,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::layer::blocks::{add_vectors, block_len};
-use crate::layer::buffer::{par_filled, zeroed};
+use crate::layer::buffer::{par_filled, par_filled_with, zeroed};
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
 use crate::layer::pointwise::{Mat, gather, matmul, matmul_into, matmul_threaded, matmul_threaded_into, scatter};
 
@@ -216,9 +216,11 @@ fn forward_values(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let weight = Mat::row_major(w.as_ptr(), g.rows());
     // SAFETY: y_n is O x OHW, w O x CKK, cols CKK x OHW; the product writes all of y_n.
     unsafe {
-        par_filled(g.n * g.o * g.cols(), g.o * g.cols(), |n, y_n| {
-            COLS.with_borrow_mut(|cols| {
-                cols.resize(g.rows() * g.cols(), 0.0);
+        par_filled_with(
+            g.n * g.o * g.cols(),
+            g.o * g.cols(),
+            || vec![0f32; g.rows() * g.cols()],
+            |cols, n, y_n| {
                 im2col(&g, &x[n * g.c * g.h * g.w..][..g.c * g.h * g.w], cols);
                 matmul_into(
                     y_n,
@@ -228,14 +230,9 @@ fn forward_values(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                     weight,
                     Mat::row_major(cols.as_ptr(), g.cols()),
                 );
-            })
-        })
+            },
+        )
     }
-}
-
-thread_local! {
-    /// One patch matrix per thread, reused from call to call.
-    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The forward pass of [`SMALL_MAPS`] maps: Y [O, N x OHW] = W cols, then back to [N, O, OHW].

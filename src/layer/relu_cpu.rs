@@ -1,14 +1,14 @@
-//! ReLU on the CPU backend: the end of every ResNet block, `relu(y + shortcut)`, as one
-//! operation with a hand-written backward, and ReLU's backward pass shared with BatchNorm's
-//! kernel.
+//! ReLU on the CPU backend: the end of every ResNet block, `relu(y + shortcut)`, and
+//! noiseresnet18's `relu(x + noise)`, as one operation with a hand-written backward, and ReLU's
+//! backward pass shared with BatchNorm's kernel.
 //!
 //! Why: burn's addition and ReLU are two passes over the maps forward and two backward, and
 //! on flex each ran on the main thread alone (float_add, relu and its backward were 5% of a
 //! `perturb_resnet18 --filter_size 1` step's samples in perf, while the other core waited).
 //! Here it is one pass each way, on rayon's threads:
 //!
-//!   forward   out = max(a + b, 0)
-//!   backward  da = db = dy where out > 0, else 0
+//!   forward   out = max(a + b, 0)            b of a's shape, or one sample broadcast over the batch
+//!   backward  da = db = dy where out > 0, else 0   (db summed over the batch when broadcast)
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -31,7 +31,8 @@ const CHUNK: usize = 1 << 13;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait AddReluOps: burn::backend::Backend {
-    /// `max(a + b, 0)`, for a and b of the same shape.
+    /// `max(a + b, 0)`, for b of a's shape, or of a's shape with a batch of 1 (then added to
+    /// every sample).
     fn add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
@@ -62,19 +63,56 @@ pub fn through_relu(dy: &[f32], out: &[f32]) -> Vec<f32> {
     }
 }
 
+/// Whether `b` is one sample added to each of a's (else it has a's shape); panics on any other
+/// pair of shapes.
+fn broadcast(a: &[usize], b: &[usize]) -> bool {
+    if a == b {
+        return false;
+    }
+    assert!(
+        !a.is_empty() && a.len() == b.len() && b[0] == 1 && a[1..] == b[1..],
+        "add_relu: {b:?} is neither {a:?} nor one sample of it"
+    );
+    true
+}
+
 fn forward_flex(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let shape = dims(a);
-    assert_eq!(shape, dims(b), "add_relu: the two operands differ in shape");
+    let per_sample = broadcast(&shape, &dims(b));
     let (a, b) = (contiguous(a), contiguous(b));
     let (a, b) = (values(&a), values(&b));
-    // SAFETY: add_relu_values writes every value of its chunk.
-    let out = unsafe {
-        par_filled(a.len(), CHUNK, |i, out| {
-            let at = i * CHUNK;
-            add_relu_values(out, &a[at..][..out.len()], &b[at..][..out.len()]);
-        })
+    let out = if per_sample {
+        // SAFETY: add_relu_values writes every value of the sample.
+        unsafe {
+            par_filled(a.len(), b.len(), |n, out| {
+                add_relu_values(out, &a[n * b.len()..][..out.len()], b);
+            })
+        }
+    } else {
+        // SAFETY: add_relu_values writes every value of its chunk.
+        unsafe {
+            par_filled(a.len(), CHUNK, |i, out| {
+                let at = i * CHUNK;
+                add_relu_values(out, &a[at..][..out.len()], &b[at..][..out.len()]);
+            })
+        }
     };
     tensor(out, shape)
+}
+
+/// The gradient of a broadcast operand: `grad` [N, ...] summed over its samples.
+fn sum_over_samples(grad: &[f32], sample: usize) -> Vec<f32> {
+    let n = grad.len() / sample.max(1);
+    // SAFETY: each chunk is zeroed, then added into.
+    unsafe {
+        par_filled(sample, CHUNK, |i, d| {
+            let d = crate::layer::buffer::zeroed(d);
+            for s in 0..n {
+                let src = &grad[s * sample + i * CHUNK..][..d.len()];
+                d.iter_mut().zip(src).for_each(|(d, g)| *d += g);
+            }
+        })
+    }
 }
 
 impl AddReluOps for Flex {
@@ -87,20 +125,27 @@ impl AddReluOps for Flex {
 struct AddReluBackward;
 
 impl Backward<Flex, 2> for AddReluBackward {
-    /// The output: the next layer keeps it as its input, so keeping it costs no memory.
-    type State = FlexTensor;
+    /// The output (the next layer keeps it as its input, so keeping it costs no memory) and
+    /// b's shape.
+    type State = (FlexTensor, Vec<usize>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_a, node_b] = ops.parents;
         let dy = contiguous(&grads.consume::<Flex>(&ops.node));
-        let out = contiguous(&ops.state);
-        let grad = tensor(through_relu(values(&dy), values(&out)), dims(&out));
-        // Both operands receive the same gradient: one buffer, shared.
-        if let Some(node) = node_a {
-            grads.register::<Flex>(node.id, grad.clone());
-        }
+        let (out, b_shape) = ops.state;
+        let out = contiguous(&out);
+        let shape = dims(&out);
+        let grad = through_relu(values(&dy), values(&out));
         if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, grad);
+            let db = if broadcast(&shape, &b_shape) {
+                tensor(sum_over_samples(&grad, b_shape.iter().product()), b_shape)
+            } else {
+                tensor(grad.clone(), b_shape)
+            };
+            grads.register::<Flex>(node.id, db);
+        }
+        if let Some(node) = node_a {
+            grads.register::<Flex>(node.id, tensor(grad, shape));
         }
     }
 }
@@ -113,14 +158,14 @@ impl<C: CheckpointStrategy> AddReluOps for Autodiff<Flex, C> {
             .stateful();
         let out = forward_flex(a.primitive(), b.primitive());
         match prep {
-            OpsKind::Tracked(prep) => prep.finish(out.clone(), out),
+            OpsKind::Tracked(prep) => prep.finish((out.clone(), dims(b.primitive())), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 }
 
-/// `relu(a + b)` on the CPU backend, a and b of the same shape (see `residual_relu`, which
-/// decides).
+/// `relu(a + b)` on the CPU backend, b of a's shape or one sample of it (see `residual_relu`
+/// and noiseresnet18's noise layer, which decide).
 pub fn add_relu(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as AddReluOps>::add_relu(a.into_dispatch(), b.into_dispatch()))
 }
