@@ -577,3 +577,57 @@ fn cpu_convolution_matches_burns_convolution() {
         }
     }
 }
+
+/// The kernels' output buffers: `par_filled` hands out every chunk once, in order of index;
+/// `zeroed` and `write_copy` initialise what they are given.
+#[test]
+fn output_buffers_are_filled_chunk_by_chunk() {
+    use pnn::layer::buffer::{assume_init, par_filled, write_copy, zeroed};
+    use std::mem::MaybeUninit;
+    // SAFETY: each chunk is written whole.
+    let v = unsafe {
+        par_filled(10, 3, |i, chunk| {
+            for (j, x) in chunk.iter_mut().enumerate() {
+                x.write((i * 3 + j) as f32);
+            }
+        })
+    };
+    assert_eq!(v, (0..10).map(|i| i as f32).collect::<Vec<_>>());
+    let mut raw = vec![MaybeUninit::new(f32::NAN); 4];
+    assert_eq!(zeroed(&mut raw), &[0.0; 4]);
+    write_copy(&mut raw, &[1.0, 2.0, 3.0, 4.0]);
+    // SAFETY: all four were written.
+    assert_eq!(unsafe { assume_init(&mut raw) }, &[1.0, 2.0, 3.0, 4.0]);
+}
+
+/// The unzeroed output buffers rely on gemm never reading the destination when it does not
+/// accumulate: a destination full of NaN must not leak into the product, on one thread or
+/// several.
+#[test]
+fn matrix_products_into_fresh_memory_ignore_what_was_there() {
+    use pnn::layer::pointwise::{Mat, matmul_into, matmul_threaded_into};
+    use std::mem::MaybeUninit;
+    let (m, n, k) = (7, 33, 5);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.5).collect();
+    let expected: Vec<f32> = (0..m * n)
+        .map(|ij| (0..k).map(|p| a[ij / n * k + p] * b[p * n + ij % n]).sum())
+        .collect();
+    for threaded in [false, true] {
+        let mut dst = vec![MaybeUninit::new(f32::NAN); m * n];
+        let (a, b) = (Mat::row_major(a.as_ptr(), k), Mat::row_major(b.as_ptr(), n));
+        // SAFETY: dst is m x n, a m x k, b k x n.
+        unsafe {
+            if threaded {
+                matmul_threaded_into(&mut dst, m, n, k, a, b)
+            } else {
+                matmul_into(&mut dst, m, n, k, a, b)
+            }
+        };
+        // SAFETY: filled with NaN, then overwritten.
+        let got = unsafe { pnn::layer::buffer::assume_init(&mut dst) };
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() < 1e-4, "threaded {threaded}: {g} vs {e}");
+        }
+    }
+}

@@ -77,30 +77,3 @@ pub fn write_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
         d.write(s);
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_chunk_is_filled_in_order() {
-        // SAFETY: each chunk is written whole.
-        let v = unsafe {
-            par_filled(10, 3, |i, chunk| {
-                for (j, x) in chunk.iter_mut().enumerate() {
-                    x.write((i * 3 + j) as f32);
-                }
-            })
-        };
-        assert_eq!(v, (0..10).map(|i| i as f32).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn zeroed_clears_and_write_copy_copies() {
-        let mut raw = vec![MaybeUninit::new(f32::NAN); 4];
-        assert_eq!(zeroed(&mut raw), &[0.0; 4]);
-        write_copy(&mut raw, &[1.0, 2.0, 3.0, 4.0]);
-        // SAFETY: all four were written.
-        assert_eq!(unsafe { assume_init(&mut raw) }, &[1.0, 2.0, 3.0, 4.0]);
-    }
-}
