@@ -314,12 +314,35 @@ fn convolution_layers_follow_the_reference_geometry() {
     }
 }
 
+/// A convolution's output shape and values, then the gradients of its input (when `track_x`),
+/// weight and bias, for a fixed objective; by pnn's CPU operations (`conv::forward`) or by
+/// burn's own convolution.
+fn conv_parts(layer: &burn::nn::conv::Conv2d, x: &Tensor<4>, track_x: bool, pnn_ops: bool) -> Vec<Vec<f32>> {
+    let x = if track_x { x.clone().require_grad() } else { x.clone() };
+    let y = if pnn_ops {
+        pnn::layer::conv::forward(layer, x.clone())
+    } else {
+        layer.forward(x.clone())
+    };
+    let r = Tensor::<4>::ones(y.dims(), &y.device()).cumsum(3).sin();
+    let grads = (y.clone() * r).sum().backward();
+    let mut out = vec![y.dims().iter().map(|&d| d as f32).collect(), to_vec(y)];
+    if track_x {
+        out.push(to_vec(x.grad(&grads).unwrap()));
+    }
+    out.push(to_vec(layer.weight.grad(&grads).unwrap()));
+    if let Some(b) = &layer.bias {
+        out.push(to_vec(b.grad(&grads).unwrap()));
+    }
+    out
+}
+
 /// The 1x1 convolutions computed as a matrix product (`pnn::layer::conv::forward`) give what
 /// burn's convolution gives: output and the gradients of input, weight and bias, with and
 /// without a stride (odd map sizes included) and a bias.
 #[test]
 fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
-    use pnn::layer::conv::{self, ConvSpec};
+    use pnn::layer::conv::ConvSpec;
     let device = Device::flex().autodiff();
     device.seed(7);
     // Maps of at most 64 pixels take the batched path, larger ones the per-sample path, 1x1
@@ -335,23 +358,7 @@ fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
     ] {
         let layer = ConvSpec::new(c_in, c_out, 1).stride(stride).bias(bias).init(&device);
         let x: Tensor<4> = Tensor::random([3, c_in, size, size], Distribution::Normal(0.0, 1.0), &device);
-        let run = |pointwise: bool| {
-            let x = x.clone().require_grad();
-            let y = if pointwise {
-                conv::forward(&layer, x.clone())
-            } else {
-                layer.forward(x.clone())
-            };
-            let r = Tensor::<4>::ones(y.dims(), &device).cumsum(3).sin();
-            let grads = (y.clone() * r).sum().backward();
-            let mut out = vec![y.dims().to_vec().iter().map(|&d| d as f32).collect(), to_vec(y)];
-            out.push(to_vec(x.grad(&grads).unwrap()));
-            out.push(to_vec(layer.weight.grad(&grads).unwrap()));
-            if let Some(b) = &layer.bias {
-                out.push(to_vec(b.grad(&grads).unwrap()));
-            }
-            out
-        };
+        let run = |pointwise: bool| conv_parts(&layer, &x, true, pointwise);
         let (fast, reference) = (run(true), run(false));
         assert_parts_close(&fast, &reference, &format!("stride {stride}"));
     }
@@ -523,7 +530,7 @@ fn cpu_max_pooling_matches_burns_max_pooling() {
 /// input, weight and bias, for the kernels, strides and paddings the models use, odd sizes too.
 #[test]
 fn cpu_convolution_matches_burns_convolution() {
-    use pnn::layer::conv::{self, ConvSpec};
+    use pnn::layer::conv::ConvSpec;
     let device = Device::flex().autodiff();
     device.seed(13);
     for (c_in, c_out, k, stride, pad, bias, size) in [
@@ -549,25 +556,7 @@ fn cpu_convolution_matches_burns_convolution() {
         let x: Tensor<4> = Tensor::random([3, c_in, size, size], Distribution::Normal(0.0, 1.0), &device);
         // Also with an input that needs no gradient, as the images entering the first layer.
         for track_x in [true, false] {
-            let run = |cpu: bool| {
-                let x = if track_x { x.clone().require_grad() } else { x.clone() };
-                let y = if cpu {
-                    conv::forward(&layer, x.clone())
-                } else {
-                    layer.forward(x.clone())
-                };
-                let r = Tensor::<4>::ones(y.dims(), &device).cumsum(3).sin();
-                let grads = (y.clone() * r).sum().backward();
-                let mut out = vec![y.dims().iter().map(|&d| d as f32).collect(), to_vec(y)];
-                if track_x {
-                    out.push(to_vec(x.grad(&grads).unwrap()));
-                }
-                out.push(to_vec(layer.weight.grad(&grads).unwrap()));
-                if let Some(b) = &layer.bias {
-                    out.push(to_vec(b.grad(&grads).unwrap()));
-                }
-                out
-            };
+            let run = |cpu: bool| conv_parts(&layer, &x, track_x, cpu);
             let (fast, reference) = (run(true), run(false));
             assert_parts_close(
                 &fast,
