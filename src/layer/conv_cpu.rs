@@ -20,7 +20,9 @@ use rayon::prelude::*;
 use crate::layer::blocks::{add_vectors, block_len};
 use crate::layer::buffer::{par_filled, par_filled_with, zeroed};
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
-use crate::layer::pointwise::{Mat, gather, matmul, matmul_into, matmul_threaded, matmul_threaded_into, scatter};
+use crate::layer::pointwise::{
+    Mat, gather, matmul, matmul_into, matmul_threaded, matmul_threaded_into, product_of, scatter,
+};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait ConvOps: burn::backend::Backend {
@@ -239,20 +241,19 @@ fn forward_values(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 fn forward_batch(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let width = g.n * g.cols();
     let cols = im2col_batch(&g, x);
-    let mut y2 = vec![0f32; 0];
-    y2.reserve_exact(g.o * width);
     // SAFETY: y2 is O x (N OHW), w O x CKK, cols CKK x (N OHW); the product writes all of y2.
-    unsafe {
-        matmul_threaded_into(
-            &mut y2.spare_capacity_mut()[..g.o * width],
-            g.o,
-            width,
-            g.rows(),
-            Mat::row_major(w.as_ptr(), g.rows()),
-            Mat::row_major(cols.as_ptr(), width),
-        );
-        y2.set_len(g.o * width);
-    }
+    let y2 = unsafe {
+        product_of(g.o * width, |y2| {
+            matmul_threaded_into(
+                y2,
+                g.o,
+                width,
+                g.rows(),
+                Mat::row_major(w.as_ptr(), g.rows()),
+                Mat::row_major(cols.as_ptr(), width),
+            )
+        })
+    };
     scatter(&y2, g.n, g.o, g.cols(), None)
 }
 

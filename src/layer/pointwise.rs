@@ -127,7 +127,7 @@ pub unsafe fn matmul_threaded_into(dst: &mut [MaybeUninit<f32>], m: usize, n: us
 ///
 /// # Safety
 /// `product` must write all of the slice it is given.
-unsafe fn product_of(len: usize, product: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub(crate) unsafe fn product_of(len: usize, product: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut v: Vec<f32> = Vec::with_capacity(len);
     product(&mut v.spare_capacity_mut()[..len]);
     // SAFETY: the caller's promise.
