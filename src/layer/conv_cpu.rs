@@ -20,9 +20,7 @@ use rayon::prelude::*;
 use crate::layer::blocks::{add_vectors, block_len};
 use crate::layer::buffer::{par_filled, par_filled_with, zeroed};
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
-use crate::layer::pointwise::{
-    Mat, gather, matmul, matmul_into, matmul_threaded, matmul_threaded_into, product_of, scatter,
-};
+use crate::layer::pointwise::{Mat, gather, matmul, matmul_into, matmul_threaded, scatter, threaded_product};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait ConvOps: burn::backend::Backend {
@@ -243,16 +241,13 @@ fn forward_batch(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let cols = im2col_batch(&g, x);
     // SAFETY: y2 is O x (N OHW), w O x CKK, cols CKK x (N OHW); the product writes all of y2.
     let y2 = unsafe {
-        product_of(g.o * width, |y2| {
-            matmul_threaded_into(
-                y2,
-                g.o,
-                width,
-                g.rows(),
-                Mat::row_major(w.as_ptr(), g.rows()),
-                Mat::row_major(cols.as_ptr(), width),
-            )
-        })
+        threaded_product(
+            g.o,
+            width,
+            g.rows(),
+            Mat::row_major(w.as_ptr(), g.rows()),
+            Mat::row_major(cols.as_ptr(), width),
+        )
     };
     scatter(&y2, g.n, g.o, g.cols(), None)
 }
@@ -339,11 +334,9 @@ fn backward_batch(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -
     let width = g.n * g.cols();
     let cols = im2col_batch(&g, x);
     let dy2 = gather(dy, g.n, g.o, g.cols());
-    let mut dw = vec![0f32; g.o * g.rows()];
     // SAFETY: dw is O x CKK, dy2 O x (N OHW), cols^T (N OHW) x CKK.
-    unsafe {
-        matmul_threaded(
-            &mut dw,
+    let dw = unsafe {
+        threaded_product(
             g.o,
             g.rows(),
             width,

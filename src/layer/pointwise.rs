@@ -123,15 +123,19 @@ pub unsafe fn matmul_threaded_into(dst: &mut [MaybeUninit<f32>], m: usize, n: us
     unsafe { matmul_raw(dst.as_mut_ptr().cast(), false, m, n, k, a, b, Parallelism::Rayon(0)) }
 }
 
-/// A vector of `len` floats written whole by `product` ([`matmul_threaded_into`]).
+/// `a b` (m x n) in a new vector, on rayon's threads: [`matmul_threaded_into`] into memory
+/// that is not zeroed first.
 ///
 /// # Safety
-/// `product` must write all of the slice it is given.
-pub(crate) unsafe fn product_of(len: usize, product: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::with_capacity(len);
-    product(&mut v.spare_capacity_mut()[..len]);
-    // SAFETY: the caller's promise.
-    unsafe { v.set_len(len) };
+/// `a` and `b` must address m x k and k x n floats.
+pub(crate) unsafe fn threaded_product(m: usize, n: usize, k: usize, a: Mat, b: Mat) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the destination is m x n, a and b are the caller's promise, and gemm writes every
+    // value of a destination it does not accumulate into.
+    unsafe {
+        matmul_threaded_into(&mut v.spare_capacity_mut()[..m * n], m, n, k, a, b);
+        v.set_len(m * n);
+    }
     v
 }
 
@@ -264,16 +268,13 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
         // 1x1 maps: a fully connected layer, y [N, O] = x [N, C] W^T, with no regrouping.
         // SAFETY: y is N x O, x N x C, W^T C x O; the product writes all of y.
         let mut y = unsafe {
-            product_of(s.n * s.o, |y| {
-                matmul_threaded_into(
-                    y,
-                    s.n,
-                    s.o,
-                    s.c,
-                    Mat::row_major(x.as_ptr(), s.c),
-                    Mat::transposed(w.as_ptr(), s.c),
-                )
-            })
+            threaded_product(
+                s.n,
+                s.o,
+                s.c,
+                Mat::row_major(x.as_ptr(), s.c),
+                Mat::transposed(w.as_ptr(), s.c),
+            )
         };
         for row in y.chunks_mut(s.o) {
             row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
@@ -285,16 +286,13 @@ fn forward_values(s: Sizes, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
         let x2 = gather(x, s.n, s.c, s.hw);
         // SAFETY: y2 is O x (N HW), w O x C, x2 C x (N HW); the product writes all of y2.
         let y2 = unsafe {
-            product_of(s.o * cols, |y2| {
-                matmul_threaded_into(
-                    y2,
-                    s.o,
-                    cols,
-                    s.c,
-                    Mat::row_major(w.as_ptr(), s.c),
-                    Mat::row_major(x2.as_ptr(), cols),
-                )
-            })
+            threaded_product(
+                s.o,
+                cols,
+                s.c,
+                Mat::row_major(w.as_ptr(), s.c),
+                Mat::row_major(x2.as_ptr(), cols),
+            )
         };
         return scatter(&y2, s.n, s.o, s.hw, Some(bias));
     }
@@ -370,22 +368,14 @@ fn backward_small_maps(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool)
     let dx = if need_x {
         let weight_t = Mat::transposed(w.as_ptr(), s.c);
         // SAFETY: dx2 is C x (N HW), W^T C x O, dy2 O x (N HW); the product writes all of dx2.
-        let dx2 = unsafe {
-            product_of(s.c * cols, |dx2| {
-                matmul_threaded_into(dx2, s.c, cols, s.o, weight_t, Mat::row_major(dy2.as_ptr(), cols))
-            })
-        };
+        let dx2 = unsafe { threaded_product(s.c, cols, s.o, weight_t, Mat::row_major(dy2.as_ptr(), cols)) };
         scatter(&dx2, s.n, s.c, s.hw, None)
     } else {
         Vec::new()
     };
     let x2_t = Mat::transposed(x2.as_ptr(), cols);
     // SAFETY: dw is O x C, dy2 O x (N HW), x2^T (N HW) x C; the product writes all of dw.
-    let dw = unsafe {
-        product_of(s.o * s.c, |dw| {
-            matmul_threaded_into(dw, s.o, s.c, cols, Mat::row_major(dy2.as_ptr(), cols), x2_t)
-        })
-    };
+    let dw = unsafe { threaded_product(s.o, s.c, cols, Mat::row_major(dy2.as_ptr(), cols), x2_t) };
     (dx, dw)
 }
 
@@ -394,26 +384,19 @@ fn backward_fully_connected(s: Sizes, x: &[f32], w: &[f32], dy: &[f32], need_x: 
     let dy_rows = Mat::row_major(dy.as_ptr(), s.o);
     let dx = if need_x {
         // SAFETY: dx is N x C, dy N x O, W O x C; the product writes all of dx.
-        unsafe {
-            product_of(s.n * s.c, |dx| {
-                matmul_threaded_into(dx, s.n, s.c, s.o, dy_rows, Mat::row_major(w.as_ptr(), s.c))
-            })
-        }
+        unsafe { threaded_product(s.n, s.c, s.o, dy_rows, Mat::row_major(w.as_ptr(), s.c)) }
     } else {
         Vec::new()
     };
     // SAFETY: dw is O x C, dy^T O x N, x N x C; the product writes all of dw.
     let dw = unsafe {
-        product_of(s.o * s.c, |dw| {
-            matmul_threaded_into(
-                dw,
-                s.o,
-                s.c,
-                s.n,
-                Mat::transposed(dy.as_ptr(), s.o),
-                Mat::row_major(x.as_ptr(), s.c),
-            )
-        })
+        threaded_product(
+            s.o,
+            s.c,
+            s.n,
+            Mat::transposed(dy.as_ptr(), s.o),
+            Mat::row_major(x.as_ptr(), s.c),
+        )
     };
     (dx, dw)
 }

@@ -99,7 +99,7 @@ pub fn estimate(config: &Config, geometry: Geometry, device: &Device) -> Result<
     let resident = resident_bytes().map_or(live, |rss| rss.max(live));
     // The first steps of a process also allocate what is made once (thread pools, caches):
     // measured at batch 2, lenet's first probe held 2.5 MB, the next ones 1.9 MB. A warm-up
-    // probe keeps that out of the per-image slope.
+    // probe, larger than the measuring ones (`WARM_UP_BATCH`), keeps that out of the slope.
     step_peak(config, geometry, WARM_UP_BATCH, device)?;
     let mut peaks = [0usize; 2];
     for (peak, batch) in peaks.iter_mut().zip(PROBE_BATCHES) {
