@@ -8,18 +8,23 @@
 #                                   Debian packages into .gl/, and CIFAR-10 (the JPEG archive of
 #                                   ../shared/data) into .gpu/data/. Both folders are git-ignored
 #                                   locally (.git/info/exclude) and travel with the device call.
-#   scripts/gpu-check.sh run        on the GPU machine, as one device call, about 8 minutes:
-#                                     run(command="scripts/gpu-check.sh run", carry=[".gpu", ".gl"], timeout_s=600)
-#                                   1. the GPU tests (tests/gpu.rs: every model's loss, logits and input
-#                                      gradient on Vulkan against the CPU);
+#   scripts/gpu-check.sh run        on the GPU machine, as one device call, at most about 9 minutes:
+#                                     run(command="scripts/gpu-check.sh run", carry=[".gpu", ".gl"], timeout_s=570)
+#                                   1. the GPU tests (tests/gpu.rs: the fused layer's CubeCL kernels against
+#                                      burn's composition and the CPU's loops; every model's loss, logits and
+#                                      input gradient on Vulkan against the CPU);
 #                                   2. images/s and peak GPU memory for the experiment table's commands at
-#                                      batch 16 and 64, pnn (Vulkan) then PyTorch (CUDA), one after the other;
+#                                      batch 16 and 64, pnn (Vulkan) then PyTorch (CUDA), one after the other,
+#                                      and for the 64-mask commands pnn again with burn's composition;
 #                                   3. 2 epochs of perturb_resnet18 --first_filter_size 3 --filter_size 0
-#                                      --nmasks 64 --no-unique_masks on CIFAR-10, with both accuracies.
+#                                      --nmasks 64 --no-unique_masks on CIFAR-10, with both accuracies, on
+#                                      as much of the training set as the time left allows.
 #                                   Everything lands in $OUT (gpu-check.md and the logs).
-# Limits of the run half can be set: GPU_CHECK_STEPS (5), GPU_CHECK_TRAIN_SUBSET (50000),
-# GPU_CHECK_TEST_SUBSET (10000), GPU_CHECK_TRAIN_SECONDS (240: the training run is stopped
-# cleanly, with its checkpoint, after this long).
+#   scripts/gpu-check.sh probe      a 1-2 minute first look (see probe_half).
+# Limits of the run half can be set: GPU_CHECK_STEPS (5), GPU_CHECK_TEST_SECONDS (120),
+# GPU_CHECK_BENCH_END (390) and GPU_CHECK_TRAIN_END (520): seconds from the start by which the
+# table stops and the training run is stopped (cleanly, with its checkpoint),
+# GPU_CHECK_TRAIN_SUBSET (50000): the most training images.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +47,9 @@ prepare() {
   # shellcheck disable=SC2086
   apt-get $o update > /dev/null
   # shellcheck disable=SC2086
-  (cd .gl && apt-get $o download libvulkan1)
+  # The loader, and libglvnd's dispatch libraries that the NVIDIA driver's Vulkan library links
+  # against (without them the loader finds the driver's manifest but no adapter).
+  (cd .gl && apt-get $o download libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2)
   du -sh .gpu .gl
   echo "ready: run(command=\"scripts/gpu-check.sh run\", carry=[\".gpu\", \".gl\"], timeout_s=600)"
 }
@@ -67,21 +74,90 @@ with_gpu_memory() {
   return $rc
 }
 
-run_half() {
-  local out=${OUT:-/tmp/gpu-check}
-  mkdir -p "$out"
-  local report=$out/gpu-check.md
+# On the GPU machine: the Vulkan loader (carried as Debian packages), the NVIDIA driver's Vulkan
+# manifest, and the two binaries unpacked into /tmp.
+setup() {
   for f in .gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
-  if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && ! ls /usr/share/vulkan/icd.d/nvidia* > /dev/null 2>&1; then
+  if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   fi
+  if [ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ]; then
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+  fi
+  # The GPU tests fail, rather than skip, when no Vulkan device opens.
+  export PNN_REQUIRE_GPU=1
   # The binaries travel compressed; Python's lzma unpacks them where xz is not installed.
   for bin in pnn gpu-tests; do
     python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
       ".gpu/$bin.xz" "/tmp/$bin" && chmod +x "/tmp/$bin"
   done
+}
+
+# A short first look (about 2 minutes): does Vulkan open the GPU, do the GPU tests pass, and how
+# long do the heaviest rows take, to size the full run. GPU_CHECK_PROBE_ROWS picks the rows
+# (index into bench/commands.sh:batch, default 0:64,6:16,6:64); GPU_CHECK_PROBE_TORCH=0 leaves
+# PyTorch out.
+#   run(command="scripts/gpu-check.sh probe", carry=[".gpu", ".gl"], timeout_s=240)
+probe_half() {
+  local out=${OUT:-/tmp/gpu-check}
+  mkdir -p "$out"
+  setup
+  {
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    ldconfig -p | grep -i vulkan
+    ls /usr/local/nvidia/share/vulkan/icd.d/ /usr/share/vulkan/icd.d/ 2>&1
+    echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-unset}"
+    ldd /tmp/pnn | grep -i 'not found'
+    grep library_path "${VK_DRIVER_FILES:-/usr/share/vulkan/icd.d/nvidia_icd.json}"
+    ls /usr/local/nvidia/lib64 2>/dev/null | grep -iE 'glx|vulkan|GLdispatch' | tr '\n' ' '; echo
+  } 2>&1 | tee "$out/probe.log"
+  local t0=$SECONDS
+  VK_LOADER_DEBUG=error,warn timeout 40 /tmp/pnn bench --device vulkan --net-type lenet --nfilters 16 --first_filter_size 0 --filter_size 0 \
+    --batch-size 16 --steps 2 --warmup 1 2>&1 | tee -a "$out/probe.log"
+  echo "first Vulkan bench: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s" | tee -a "$out/probe.log"
+  t0=$SECONDS
+  timeout 90 /tmp/gpu-tests --test-threads 1 > "$out/gpu-tests.log" 2>&1
+  echo "GPU tests: exit $?, $((SECONDS - t0)) s" | tee -a "$out/probe.log"
+  grep -E '^test |test result|skipped|panicked' "$out/gpu-tests.log" | head -20 | tee -a "$out/probe.log"
+  local specs
+  IFS=, read -ra specs <<< "${GPU_CHECK_PROBE_ROWS:-0:64,6:16,6:64}"
+  for spec in "${specs[@]}"; do
+    local i=${spec%:*} b=${spec#*:}
+    local flags=${commands[$i]}
+    t0=$SECONDS
+    with_gpu_memory timeout 40 /tmp/pnn bench --device vulkan $flags --batch-size "$b" --steps 3 --warmup 2 2>&1 | tail -4 | tee -a "$out/probe.log"
+    echo "pnn row $((i + 1)) batch $b: $((SECONDS - t0)) s" | tee -a "$out/probe.log"
+    [ "${GPU_CHECK_PROBE_TORCH:-1}" = 1 ] || continue
+    t0=$SECONDS
+    with_gpu_memory timeout 40 python3 bench/torch_bench.py --device cuda $flags --batch-size "$b" --steps 3 --warmup 2 2>&1 | tail -4 | tee -a "$out/probe.log"
+    echo "torch row $((i + 1)) batch $b: $((SECONDS - t0)) s" | tee -a "$out/probe.log"
+  done
+}
+
+# One measurement: "images/s|GPU MiB|loader/step" of a bench command (empty fields if it failed).
+measure() {
+  local log=$1 limit=$2; shift 2
+  local o
+  o=$(with_gpu_memory timeout "$limit" "$@" 2>&1)
+  { echo "\$ $*"; echo "$o"; echo; } >> "$log"
+  local ips mem ratio
+  ips=$(awk '/training step:/ {print $3}' <<< "$o")
+  mem=$(awk '/gpu-peak-mib:/ {print $2}' <<< "$o")
+  ratio=$(awk '/loader \/ step:/ {print $4}' <<< "$o")
+  echo "${ips}|${mem}|${ratio}"
+}
+
+run_half() {
+  local t0=$SECONDS
+  local out=${OUT:-/tmp/gpu-check}
+  mkdir -p "$out"
+  local report=$out/gpu-check.md
+  setup
   local pnn=/tmp/pnn steps=${GPU_CHECK_STEPS:-5}
+  # Deadlines (seconds from the start) keep the whole run inside one device call: the table
+  # stops launching rows at BENCH_END, the training run ends by TRAIN_END.
+  local bench_end=${GPU_CHECK_BENCH_END:-390} train_end=${GPU_CHECK_TRAIN_END:-520}
   {
     echo "# pnn on a GPU (Vulkan) beside PyTorch (CUDA)"
     echo
@@ -92,49 +168,78 @@ run_half() {
   } > "$report"
 
   echo "## 1. GPU tests" >> "$report"
-  timeout 150 /tmp/gpu-tests --test-threads 1 > "$out/gpu-tests.log" 2>&1
-  echo "exit status $? ($(grep -E '^test result' "$out/gpu-tests.log" || echo 'no result line: see gpu-tests.log'))" >> "$report"
-  grep -E 'skipped|FAILED|panicked' "$out/gpu-tests.log" | head -5 >> "$report"
+  timeout "${GPU_CHECK_TEST_SECONDS:-120}" /tmp/gpu-tests --test-threads 1 > "$out/gpu-tests.log" 2>&1
+  echo "exit status $? after $((SECONDS - t0)) s ($(grep -E '^test result' "$out/gpu-tests.log" || echo 'no result line: see gpu-tests.log'))" >> "$report"
+  echo '```' >> "$report"
+  grep -E '^test |panicked' "$out/gpu-tests.log" | head -12 >> "$report"
+  echo '```' >> "$report"
   echo >> "$report"
 
   echo "## 2. Training step, synthetic CIFAR-10 data, median of $steps steps after 2 warm-up" >> "$report"
   echo >> "$report"
-  echo "| # | command | batch | PyTorch images/s | pnn images/s | pnn / PyTorch | PyTorch GPU MiB | pnn GPU MiB |" >> "$report"
-  echo "|---|---|---|---|---|---|---|---|" >> "$report"
-  for i in "${!commands[@]}"; do
-    for b in 16 64; do
-      local flags=${commands[$i]} p t
-      p=$(with_gpu_memory timeout 60 "$pnn" bench --device vulkan $flags --batch-size "$b" --steps "$steps" --warmup 2)
-      echo "$p" >> "$out/bench.log"
-      t=$(with_gpu_memory timeout 60 python3 bench/torch_bench.py --device cuda $flags --batch-size "$b" --steps "$steps" --warmup 2)
-      echo "$t" >> "$out/bench.log"
-      local p_ips t_ips p_mem t_mem ratio
-      p_ips=$(awk '/training step:/ {print $3}' <<< "$p"); p_mem=$(awk '/gpu-peak-mib:/ {print $2}' <<< "$p")
-      t_ips=$(awk '/training step:/ {print $3}' <<< "$t"); t_mem=$(awk '/gpu-peak-mib:/ {print $2}' <<< "$t")
-      ratio=$(awk -v a="${p_ips:-0}" -v b="${t_ips:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2fx", a / b; else print "-"}')
-      echo "| $((i + 1)) | \`$flags\` | $b | ${t_ips:-failed} | ${p_ips:-failed} | $ratio | ${t_mem:--} | ${p_mem:--} |" >> "$report"
-    done
+  echo "Each cell is its own process; GPU MiB is the most memory nvidia-smi saw in use during it (context included)." >> "$report"
+  echo "'composition' is pnn with PNN_UNFUSED=1: burn's operations in place of the fused layer's kernels." >> "$report"
+  echo >> "$report"
+  echo "| # | command | batch | PyTorch images/s | pnn images/s | pnn / PyTorch | PyTorch GPU MiB | pnn GPU MiB | pnn composition images/s (GPU MiB) | pnn loader / step |" >> "$report"
+  echo "|---|---|---|---|---|---|---|---|---|---|" >> "$report"
+  # Most telling first, in case time runs out: the 64-mask commands, then the baseline, then the rest.
+  local rows=$out/rows.txt spec rate64=""
+  : > "$rows"
+  for spec in 6:16 6:64 0:16 0:64 5:16 5:64 7:16 7:64 1:16 1:64 2:16 2:64 3:16 3:64 4:16 4:64; do
+    local i=${spec%:*} b=${spec#*:}
+    local flags=${commands[$i]} p t u="" left
+    left=$((t0 + bench_end - SECONDS))
+    if [ "$left" -lt 15 ]; then
+      echo "$i $b| $((i + 1)) | \`$flags\` | $b | not run: out of time |  |  |  |  |  |  |" >> "$rows"
+      continue
+    fi
+    local limit=$((left < 45 ? left : 45))
+    p=$(measure "$out/bench.log" "$limit" "$pnn" bench --device vulkan $flags --batch-size "$b" --steps "$steps" --warmup 2)
+    t=$(measure "$out/bench.log" "$limit" python3 bench/torch_bench.py --device cuda $flags --batch-size "$b" --steps "$steps" --warmup 2)
+    if [[ $flags == *"--nmasks 64"* ]] && [ $((t0 + bench_end - SECONDS)) -gt 20 ]; then
+      u=$(measure "$out/bench.log" "$limit" env PNN_UNFUSED=1 "$pnn" bench --device vulkan $flags --batch-size "$b" --steps "$steps" --warmup 2)
+    fi
+    local p_ips p_mem p_ratio t_ips t_mem u_ips u_mem
+    IFS='|' read -r p_ips p_mem p_ratio <<< "$p"
+    IFS='|' read -r t_ips t_mem _ <<< "$t"
+    IFS='|' read -r u_ips u_mem _ <<< "$u"
+    if [ "$i" = 6 ] && [ "$b" = 64 ]; then rate64=$p_ips; fi
+    local ratio composition=""
+    ratio=$(awk -v a="${p_ips:-0}" -v b="${t_ips:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2fx", a / b; else print "-"}')
+    [ -n "$u" ] && composition="${u_ips:-failed} (${u_mem:--})"
+    echo "$i $b| $((i + 1)) | \`$flags\` | $b | ${t_ips:-failed} | ${p_ips:-failed} | $ratio | ${t_mem:--} | ${p_mem:--} | $composition | ${p_ratio:--} |" >> "$rows"
   done
+  sort -k1,1n -k2,2n "$rows" | cut -d'|' -f2- | sed 's/^/|/' >> "$report"
+  echo >> "$report"
+  echo "(table done after $((SECONDS - t0)) s)" >> "$report"
   echo >> "$report"
 
-  echo "## 3. Two epochs of perturb_resnet18, 64 shared masks, CIFAR-10" >> "$report"
+  # Two epochs in what is left: the training set is cut to what the measured step rate
+  # (command 7 at batch 64) gets through twice, with a test set a fifth of its size.
+  local budget=$((t0 + train_end - SECONDS))
+  [ "$budget" -lt 60 ] && budget=60
+  local subset
+  subset=$(awk -v r="${rate64:-0}" -v b="$budget" -v cap="${GPU_CHECK_TRAIN_SUBSET:-50000}" \
+    'BEGIN {if (r <= 0) r = 100; s = int(0.7 * (b - 15) * r / 2.2 / 64) * 64; if (s > cap) s = cap; if (s < 640) s = 640; print s}')
+  local test_subset=$((subset / 5 < 10000 ? subset / 5 : 10000))
+  echo "## 3. Two epochs of perturb_resnet18, 64 shared masks, CIFAR-10 ($subset training images, $test_subset test images, $budget s allowed)" >> "$report"
   mkdir -p /tmp/data && tar xzf .gpu/data/cifar10-jpeg.tar.gz -C /tmp/data
-  timeout -s INT "${GPU_CHECK_TRAIN_SECONDS:-240}" "$pnn" train --device vulkan --net-type perturb_resnet18 --nfilters 128 \
+  timeout -s INT "$budget" "$pnn" train --device vulkan --net-type perturb_resnet18 --nfilters 128 \
     --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks --learning-rate 1e-3 --batch-size 64 \
     --nepochs 2 --dataset-train CIFAR10 --dataset-test CIFAR10 --dataroot /tmp/data --no-download \
-    --train-subset "${GPU_CHECK_TRAIN_SUBSET:-50000}" --test-subset "${GPU_CHECK_TEST_SUBSET:-10000}" \
-    --save /tmp/gpu-run > "$out/train.log" 2>&1
+    --train-subset "$subset" --test-subset "$test_subset" --save /tmp/gpu-run > "$out/train.log" 2>&1
   echo "exit status $? (130: stopped by the time limit, with a checkpoint)" >> "$report"
   echo '```' >> "$report"
-  grep -E 'Epoch|Best|stopped' "$out/train.log" >> "$report"
+  grep -E 'Training|Epoch|Best|stopped|rror' "$out/train.log" | cut -c1-400 >> "$report"
   echo '```' >> "$report"
   cp /tmp/gpu-run/metrics.csv "$out/" 2>/dev/null
-  echo "- finished $(date -u +%FT%TZ)" >> "$report"
+  echo "- finished $(date -u +%FT%TZ), $((SECONDS - t0)) s after the start" >> "$report"
   cat "$report"
 }
 
 case "${1:-}" in
   prepare) prepare ;;
+  probe) probe_half ;;
   run) run_half ;;
-  *) echo "usage: scripts/gpu-check.sh prepare | run (see the header of $0)" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu-check.sh prepare | probe | run (see the header of $0)" >&2; exit 2 ;;
 esac

@@ -44,8 +44,12 @@ impl Backend {
         match kind.to_ascii_lowercase().as_str() {
             "auto" if index.is_none() => Ok(Self::auto()),
             "cpu" | "flex" => Ok(Self::cpu()),
-            "vulkan" => vulkan(index),
-            "cuda" => cuda(index),
+            "vulkan" => opened(
+                vulkan(index)?,
+                "Vulkan",
+                "the Vulkan loader (libvulkan1) and the GPU driver's Vulkan support",
+            ),
+            "cuda" => opened(cuda(index)?, "CUDA", "the NVIDIA driver"),
             other => bail!("--device {other} is unknown: use auto, cpu, vulkan[:N] or cuda[:N]"),
         }
     }
@@ -71,6 +75,19 @@ impl Backend {
         }
         Self::cpu()
     }
+}
+
+/// The backend, if its device answers; else an error that names what is missing (opening a GPU
+/// that is not there panics inside the runtime, on its own thread).
+fn opened(backend: Backend, api: &str, needs: &str) -> Result<Backend> {
+    if answers(&backend.device) {
+        return Ok(backend);
+    }
+    bail!(
+        "--device {}: no {api} GPU could be opened on this machine. A GPU run needs {needs}; \
+         `--device cpu` runs without one (docs/gpu.md says what a GPU machine needs)",
+        backend.name
+    )
 }
 
 /// Whether a device computes 1 + 2 (opening a GPU that is not there panics inside the runtime).

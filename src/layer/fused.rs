@@ -1,4 +1,5 @@
-//! The perturbation layer's core as one fused operation on the CPU backend (flex):
+//! The perturbation layer's core as one fused operation, on the CPU backend (flex) and, in a GPU
+//! build, on burn's cubecl backend:
 //!
 //!   out[n, o] = b[o] + sum_j W[o, j] * act(x[n, c(k)] + level * noise[c(k) or 0, m(k)]),
 //!   k = g(o) * Kg + j,  c(k) = k / M,  m(k) = k % M
@@ -7,8 +8,9 @@
 //! N x C x M x H x W perturbed maps (and their activation) for the backward pass: 33.5 MB per
 //! image per layer with 64 masks. Here they are computed a tile at a time into a small scratch
 //! buffer and recomputed in the backward pass, so nothing of that size is kept; without an
-//! activation they are not formed at all (the layer is then linear in x). The loops are in
-//! `fused_cpu.rs`; this file is the operation's place in burn.
+//! activation they are not formed at all (the layer is then linear in x). The CPU loops are in
+//! `fused_cpu.rs`, the GPU kernels (CubeCL) in `fused_gpu.rs`; this file is the operation's
+//! place in burn.
 //!
 //! The backward pass is written by hand (burn's backend extension with an `Autodiff` node):
 //! gradients for x, the masks (when trainable), the weights and the bias. Activations with a
@@ -28,8 +30,9 @@ use crate::config::Act;
 use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
 use crate::layer::fused_cpu::{self as kernels, Geometry, Operands, act};
 
-/// Activations the fused kernel computes (and differentiates) itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Activations the fused kernel computes (and differentiates) itself. (Hash: the GPU kernels
+/// take it as a compile-time parameter.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FusedAct {
     /// No activation after the perturbation (`--use_act` off in a first layer).
     Identity,
@@ -119,7 +122,7 @@ fn use_linear_path(act: FusedAct, g: &Geometry) -> bool {
     act == FusedAct::Identity && !general && kernels::linear_applies(g)
 }
 
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(any(feature = "vulkan", feature = "cuda")), Autodiff)]
 pub trait PerturbOps: burn::backend::Backend {
     /// `b + W * act(x + level * noise)` as described in the module documentation.
     /// x [N, C, H, W]; noise [1, C or 1, M, H, W]; weight [O, Kg, 1, 1]; bias [O].
@@ -133,30 +136,136 @@ pub trait PerturbOps: burn::backend::Backend {
     ) -> FloatTensor<Self>;
 }
 
-fn forward_flex(
-    x: &FlexTensor,
-    noise: &FlexTensor,
-    weight: &FlexTensor,
-    bias: &FlexTensor,
-    level: f32,
-    act: u8,
-) -> FlexTensor {
-    let g = Geometry::of(&dims(x), &dims(noise), &dims(weight));
-    let (x, noise, weight, bias) = (contiguous(x), contiguous(noise), contiguous(weight), contiguous(bias));
-    let act = FusedAct::from_code(act);
-    let op = Operands {
-        g: &g,
-        x: values(&x),
-        noise: values(&noise),
-        weight: values(&weight),
-        level,
-    };
-    let out = if use_linear_path(act, &g) {
-        kernels::linear_forward(&op, values(&bias))
-    } else {
-        with_activation!(act, A => kernels::forward::<A>(&op, values(&bias)))
-    };
-    tensor(out, vec![g.n, g.o, g.h, g.w])
+/// Gradients of one call: for x, the masks (when asked for), the weights and the bias.
+pub struct FusedGrads<B: burn::backend::Backend> {
+    pub x: FloatTensor<B>,
+    pub noise: Option<FloatTensor<B>>,
+    pub weight: FloatTensor<B>,
+    pub bias: FloatTensor<B>,
+}
+
+/// The fused layer's two passes on one backend: flex's loops (`fused_cpu.rs`) or the CubeCL
+/// kernels (`fused_gpu.rs`). Autodiff's node below is written once over this.
+pub trait FusedKernels: burn::backend::Backend {
+    fn fused_forward(
+        x: FloatTensor<Self>,
+        noise: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        level: f32,
+        act: FusedAct,
+    ) -> FloatTensor<Self>;
+
+    fn fused_backward(
+        x: FloatTensor<Self>,
+        noise: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        level: f32,
+        act: FusedAct,
+        need_noise: bool,
+    ) -> FusedGrads<Self>;
+}
+
+impl FusedKernels for Flex {
+    fn fused_forward(
+        x: FlexTensor,
+        noise: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        level: f32,
+        act: FusedAct,
+    ) -> FlexTensor {
+        let g = Geometry::of(&dims(&x), &dims(&noise), &dims(&weight));
+        let (x, noise, weight, bias) = (
+            contiguous(&x),
+            contiguous(&noise),
+            contiguous(&weight),
+            contiguous(&bias),
+        );
+        let op = Operands {
+            g: &g,
+            x: values(&x),
+            noise: values(&noise),
+            weight: values(&weight),
+            level,
+        };
+        let out = if use_linear_path(act, &g) {
+            kernels::linear_forward(&op, values(&bias))
+        } else {
+            with_activation!(act, A => kernels::forward::<A>(&op, values(&bias)))
+        };
+        tensor(out, vec![g.n, g.o, g.h, g.w])
+    }
+
+    fn fused_backward(
+        x: FlexTensor,
+        noise: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        level: f32,
+        act: FusedAct,
+        need_noise: bool,
+    ) -> FusedGrads<Self> {
+        let (x_dims, noise_dims, weight_dims) = (dims(&x), dims(&noise), dims(&weight));
+        let g = Geometry::of(&x_dims, &noise_dims, &weight_dims);
+        let (x, noise, weight, grad) = (
+            contiguous(&x),
+            contiguous(&noise),
+            contiguous(&weight),
+            contiguous(&grad),
+        );
+        let op = Operands {
+            g: &g,
+            x: values(&x),
+            noise: values(&noise),
+            weight: values(&weight),
+            level,
+        };
+        let d = if use_linear_path(act, &g) {
+            kernels::linear_backward(&op, values(&grad), need_noise)
+        } else {
+            with_activation!(act, A => kernels::backward::<A>(&op, values(&grad), need_noise))
+        };
+        FusedGrads {
+            x: tensor(d.x, x_dims),
+            noise: need_noise.then(|| tensor(d.noise, noise_dims)),
+            weight: tensor(d.weight, weight_dims),
+            bias: tensor(d.bias, vec![g.o]),
+        }
+    }
+}
+
+#[cfg(any(feature = "vulkan", feature = "cuda"))]
+impl FusedKernels for burn::backend::Cube {
+    fn fused_forward(
+        x: FloatTensor<Self>,
+        noise: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        level: f32,
+        act: FusedAct,
+    ) -> FloatTensor<Self> {
+        super::fused_gpu::forward(x, noise, weight, bias, level, act)
+    }
+
+    fn fused_backward(
+        x: FloatTensor<Self>,
+        noise: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        level: f32,
+        act: FusedAct,
+        need_noise: bool,
+    ) -> FusedGrads<Self> {
+        let d = super::fused_gpu::backward(x, noise, weight, grad, level, act, need_noise);
+        FusedGrads {
+            x: d.x,
+            noise: d.noise,
+            weight: d.weight,
+            bias: d.bias,
+        }
+    }
 }
 
 impl PerturbOps for Flex {
@@ -168,59 +277,60 @@ impl PerturbOps for Flex {
         level: f32,
         act: u8,
     ) -> FloatTensor<Self> {
-        forward_flex(&x, &noise, &weight, &bias, level, act)
+        Self::fused_forward(x, noise, weight, bias, level, FusedAct::from_code(act))
+    }
+}
+
+#[cfg(any(feature = "vulkan", feature = "cuda"))]
+impl PerturbOps for burn::backend::Cube {
+    fn perturb_combine(
+        x: FloatTensor<Self>,
+        noise: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        level: f32,
+        act: u8,
+    ) -> FloatTensor<Self> {
+        Self::fused_forward(x, noise, weight, bias, level, FusedAct::from_code(act))
     }
 }
 
 #[derive(Debug)]
 struct PerturbCombineBackward;
 
-impl Backward<Flex, 4> for PerturbCombineBackward {
+impl<B: FusedKernels> Backward<B, 4> for PerturbCombineBackward {
     /// The operands (x, noise, weight): the perturbed maps are recomputed from them.
-    type State = (FlexTensor, FlexTensor, FlexTensor, f32, u8);
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f32, u8);
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x, node_noise, node_weight, node_bias] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
+        let grad = grads.consume::<B>(&ops.node);
         let (x, noise, weight, level, act) = ops.state;
-        let (x_dims, noise_dims, weight_dims) = (dims(&x), dims(&noise), dims(&weight));
-        let g = Geometry::of(&x_dims, &noise_dims, &weight_dims);
-        let (x, noise, weight, grad) = (
-            contiguous(&x),
-            contiguous(&noise),
-            contiguous(&weight),
-            contiguous(&grad),
-        );
-        let act = FusedAct::from_code(act);
-        let op = Operands {
-            g: &g,
-            x: values(&x),
-            noise: values(&noise),
-            weight: values(&weight),
+        let d = B::fused_backward(
+            x,
+            noise,
+            weight,
+            grad,
             level,
-        };
-        let need_noise = node_noise.is_some();
-        let d = if use_linear_path(act, &g) {
-            kernels::linear_backward(&op, values(&grad), need_noise)
-        } else {
-            with_activation!(act, A => kernels::backward::<A>(&op, values(&grad), need_noise))
-        };
+            FusedAct::from_code(act),
+            node_noise.is_some(),
+        );
         if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(d.x, x_dims));
+            grads.register::<B>(node.id, d.x);
         }
-        if let Some(node) = node_noise {
-            grads.register::<Flex>(node.id, tensor(d.noise, noise_dims));
+        if let (Some(node), Some(dnoise)) = (node_noise, d.noise) {
+            grads.register::<B>(node.id, dnoise);
         }
         if let Some(node) = node_weight {
-            grads.register::<Flex>(node.id, tensor(d.weight, weight_dims));
+            grads.register::<B>(node.id, d.weight);
         }
         if let Some(node) = node_bias {
-            grads.register::<Flex>(node.id, tensor(d.bias, vec![g.o]));
+            grads.register::<B>(node.id, d.bias);
         }
     }
 }
 
-impl<C: CheckpointStrategy> PerturbOps for Autodiff<Flex, C> {
+impl<B: FusedKernels, C: CheckpointStrategy> PerturbOps for Autodiff<B, C> {
     fn perturb_combine(
         x: FloatTensor<Self>,
         noise: FloatTensor<Self>,
@@ -239,7 +349,14 @@ impl<C: CheckpointStrategy> PerturbOps for Autodiff<Flex, C> {
             weight.primitive().clone(),
             bias.primitive().clone(),
         );
-        let out = forward_flex(&x, &noise, &weight, &bias, level, act);
+        let out = B::fused_forward(
+            x.clone(),
+            noise.clone(),
+            weight.clone(),
+            bias,
+            level,
+            FusedAct::from_code(act),
+        );
         match prep {
             OpsKind::Tracked(prep) => prep.finish((x, noise, weight, level, act), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
@@ -252,9 +369,18 @@ impl<C: CheckpointStrategy> PerturbOps for Autodiff<Flex, C> {
 /// `PNN_UNFUSED=1` asks for burn's composition everywhere (to measure one against the other,
 /// or to rule the kernels out when chasing a problem).
 pub fn available(device: &Device) -> bool {
+    !unfused() && *device == Device::flex()
+}
+
+/// Whether the fused perturbation layer runs on this device: flex's loops on the CPU, the
+/// CubeCL kernels on a GPU (in a build with a GPU feature), unless `PNN_UNFUSED=1`.
+pub fn perturb_available(device: &Device) -> bool {
+    available(device) || (cfg!(any(feature = "vulkan", feature = "cuda")) && !unfused() && *device != Device::flex())
+}
+
+fn unfused() -> bool {
     static UNFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let unfused = *UNFUSED.get_or_init(|| std::env::var("PNN_UNFUSED").is_ok_and(|v| v == "1"));
-    !unfused && *device == Device::flex()
+    *UNFUSED.get_or_init(|| std::env::var("PNN_UNFUSED").is_ok_and(|v| v == "1"))
 }
 
 /// `bias + weight * act(x + level * noise)`, fused: see the module documentation.

@@ -11,6 +11,8 @@ pub mod conv_cpu;
 pub mod flex_tensor;
 pub mod fused;
 pub mod fused_cpu;
+#[cfg(any(feature = "vulkan", feature = "cuda"))]
+pub mod fused_gpu;
 pub mod lanes;
 pub mod maxpool_cpu;
 pub mod norm_conv;

@@ -139,13 +139,14 @@ impl PerturbLayer {
     /// `conv(act(x + level * noise))`, before BatchNorm: by the fused kernel where it pays,
     /// several masks per channel (with one mask the perturbed maps are no larger than the input,
     /// and flex's convolution beats the kernel's loops: bench/fused.sh measured 12.3 vs 4.3
-    /// images/s), on the CPU backend, with an activation it knows, with the reproduction's
-    /// grouping, and without --debug (which prints perturbed maps the kernel never stores).
+    /// images/s), on the CPU backend or a GPU, with an activation it knows, with the
+    /// reproduction's grouping, and without --debug (which prints perturbed maps the kernel
+    /// never stores).
     pub fn combine(&self, x: Tensor<4>, noise: Tensor<5>) -> Tensor<4> {
         let several_masks = noise.dims()[2] > 1;
         let grouped = self.conv.groups == x.dims()[1];
         match self.fused_act() {
-            Some(act) if several_masks && grouped && !self.debug && fused::available(&x.device()) => {
+            Some(act) if several_masks && grouped && !self.debug && fused::perturb_available(&x.device()) => {
                 self.combine_fused(x, noise, act)
             }
             _ => self.combine_unfused(x, noise),
@@ -173,7 +174,7 @@ impl PerturbLayer {
         conv::forward(&self.conv, y.reshape([n, c * nmasks, h, w]))
     }
 
-    /// The same as [`Self::combine_unfused`], computed by the fused kernel (CPU backend only).
+    /// The same as [`Self::combine_unfused`], computed by the fused kernel.
     pub fn combine_fused(&self, x: Tensor<4>, noise: Tensor<5>, act: FusedAct) -> Tensor<4> {
         let bias = self.conv.bias.as_ref().expect("fused_act checks the bias").val();
         fused::perturb_combine(x, noise, self.conv.weight.val(), bias, self.level as f32, act)

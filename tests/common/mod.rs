@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses a part of them
 
+pub mod fused_check;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
