@@ -72,7 +72,8 @@ pub fn run(config: &Config, backend: &Backend, warmup: usize, steps: usize) -> R
         let start = Instant::now();
         let (images, labels) = batch.to_tensors(&device);
         let loss = loss_fn.forward(model.forward(images), labels);
-        let _ = loss.clone().into_scalar::<f32>(); // waits for the step, as training does
+        // Waits for the step, as training does.
+        crate::device::read_scalar::<_, f32>(loss.clone(), "training step")?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(config.learning_rate, model, grads);
         backend.device.sync()?;

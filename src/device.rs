@@ -90,6 +90,32 @@ fn opened(backend: Backend, api: &str, needs: &str) -> Result<Backend> {
     )
 }
 
+/// Reads a one-value tensor back to the host. Where the device's work failed (on a GPU: out of
+/// memory, or a tensor over the largest buffer the driver allocates: 2 GiB through Vulkan) the
+/// error names the cause and what to try, where `into_scalar` would panic.
+pub fn read_scalar<K: burn::tensor::kind::Basic, E: burn::tensor::Element>(
+    t: burn::tensor::Tensor<1, K>,
+    what: &str,
+) -> Result<E> {
+    t.try_into_scalar::<E>()
+        .map_err(|e| anyhow::anyhow!(device_failure(what, &e.to_string())))
+}
+
+/// The message for a device's failed work: `error` is the runtime's report, many lines of
+/// "Caused by:" and skipped kernels, whose last informative line is the root cause.
+pub fn device_failure(what: &str, error: &str) -> String {
+    let cause = error
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.contains("backtrace") && !l.ends_with(':'))
+        .unwrap_or("no cause given");
+    format!(
+        "the device could not compute the {what} ({cause}). On a GPU this is usually memory: the step needs \
+         more than the GPU has, or a tensor larger than the driver's largest buffer (2 GiB through Vulkan). \
+         Try a smaller --batch-size, fewer --nmasks or --nfilters, or --device cpu"
+    )
+}
+
 /// Whether a device computes 1 + 2 (opening a GPU that is not there panics inside the runtime).
 fn answers(device: &Device) -> bool {
     let device = device.clone();

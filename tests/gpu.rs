@@ -69,11 +69,14 @@ mod on_vulkan {
         let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
         let mut results = Vec::new();
         for device in [cpu.clone(), gpu.clone()] {
-            // The same weights and masks: built on the CPU from the same seed, then moved. (Not
+            // The same weights and masks: built on the CPU from the same seed, then moved. Not
             // one model cloned: clones share BatchNorm's running statistics, which the first
-            // device's step would leave on that device.)
+            // device's step would leave on that device. And a forward pass first: burn draws a
+            // parameter's initial values when it is first read, and a parameter moved before
+            // that is drawn on the new device, from that device's generator.
             cpu.seed(7);
             let model = models::build_for(&config, geometry, &cpu).unwrap();
+            let _ = model.forward(images.clone());
             let device = device.autodiff();
             let model = model.fork(&device);
             let x = Tensor::<4>::from_data(images.to_data(), &device).require_grad();

@@ -270,3 +270,39 @@ fn ctrl_c_during_training_writes_a_checkpoint_and_prints_the_resume_command() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(metrics_without_timing(&save).len(), done);
 }
+
+/// A GPU step that fails (here, the report burn's Vulkan runtime gave on an H200 when burn's
+/// composition of command 7 at batch 64 asked for one 2 GiB buffer) becomes one sentence with
+/// the root cause and what to try, not a panic with the whole chain of skipped kernels.
+#[test]
+fn a_failed_device_step_is_reported_by_its_root_cause() {
+    let report = "An error happened during execution
+Caused by:
+  Several failures at once
+Caused by:
+  The bytes were never written (failure #189, still claiming 127 buffer(s))
+  skipped `KernelScalarBinop`: it needed memory ManagedMemoryId { value: 1302 }, which carried the failure
+  skipped `ReduceKernel`: it needed memory ManagedMemoryId { value: 1301 }, which carried the failure
+  (329 older skip record(s) were dropped; the walk may stop before the root)
+Caused by:
+  An IO error happened
+Caused by:
+  can't allocate buffer of size: 2147483648
+No backtrace available
+Asked at:
+No backtrace available";
+    let message = pnn::device::device_failure("training step", report);
+    assert!(
+        message
+            .starts_with("the device could not compute the training step (can't allocate buffer of size: 2147483648)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("--batch-size") && message.contains("--device cpu"),
+        "{message}"
+    );
+    assert!(!message.contains("skipped") && !message.contains('\n'), "{message}");
+    // A report with nothing informative still gives the sentence.
+    let message = pnn::device::device_failure("test loss", "Caused by:\nNo backtrace available");
+    assert!(message.contains("(no cause given)"), "{message}");
+}

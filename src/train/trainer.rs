@@ -20,7 +20,7 @@ use super::run_dir::{RunDir, RunInfo, RunSummaryFile};
 use super::{optim, schedule};
 use crate::config::Config;
 use crate::data::{self, Loader};
-use crate::device::Backend;
+use crate::device::{self, Backend};
 use crate::models::{self, Geometry, Net, ParamCount};
 use crate::provenance::Provenance;
 
@@ -254,7 +254,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             }
         };
         let train_seconds = progress.seconds + start.elapsed().as_secs_f64();
-        let test_totals = test_epoch(&model, &test_loader, &mut state.reported);
+        let test_totals = test_epoch(&model, &test_loader, &mut state.reported)?;
         let record = EpochRecord {
             epoch,
             learning_rate: lr,
@@ -438,7 +438,15 @@ fn train_epoch(
         let (images, labels) = batch.to_tensors(device);
         let output = model.forward(images);
         let loss = loss_fn.forward(output.clone(), labels.clone());
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let loss_value = match device::read_scalar::<_, f32>(loss.clone(), "training step") {
+            Ok(v) => v as f64,
+            Err(e) => {
+                progress.finish_and_clear();
+                return Err(e.context(format!(
+                    "epoch {epoch}, step {step}: nothing after the last checkpoint was saved"
+                )));
+            }
+        };
         if !loss_value.is_finite() {
             progress.finish_and_clear();
             bail!(
@@ -452,7 +460,7 @@ fn train_epoch(
                 config.level
             );
         }
-        let correct = count_correct(output, labels);
+        let correct = count_correct(output, labels)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(lr, model, grads);
         totals.add_batch(loss_value, correct, batch.len());
@@ -471,7 +479,7 @@ fn train_epoch(
 
 /// Evaluates on the test set: correct accuracy over all of it, and the original code's smoothed
 /// value folded batch by batch into `reported`.
-pub fn test_epoch(model: &Net, loader: &Loader, reported: &mut ReportedAccuracy) -> EpochTotals {
+pub fn test_epoch(model: &Net, loader: &Loader, reported: &mut ReportedAccuracy) -> Result<EpochTotals> {
     let model = model.valid();
     let device = loader_device(&model);
     let loss_fn = CrossEntropyLoss::new(None, &device);
@@ -479,12 +487,13 @@ pub fn test_epoch(model: &Net, loader: &Loader, reported: &mut ReportedAccuracy)
     for batch in loader.epoch(0) {
         let (images, labels) = batch.to_tensors(&device);
         let output = model.forward(images);
-        let loss = loss_fn.forward(output.clone(), labels.clone()).into_scalar::<f32>() as f64;
-        let correct = count_correct(output, labels);
+        let loss = loss_fn.forward(output.clone(), labels.clone());
+        let loss = device::read_scalar::<_, f32>(loss, "test loss")? as f64;
+        let correct = count_correct(output, labels)?;
         totals.add_batch(loss, correct, batch.len());
         reported.update(correct, batch.len(), loader.batch_size());
     }
-    totals
+    Ok(totals)
 }
 
 /// The (non-autodiff) device a model in evaluation mode lives on.
@@ -497,9 +506,9 @@ fn loader_device(model: &Net) -> Device {
         .without_autodiff()
 }
 
-pub fn count_correct(output: Tensor<2>, labels: Tensor<1, Int>) -> usize {
+pub fn count_correct(output: Tensor<2>, labels: Tensor<1, Int>) -> Result<usize> {
     let predicted = output.argmax(1).squeeze_dim::<1>(1);
-    predicted.equal(labels).int().sum().into_scalar::<i64>() as usize
+    Ok(device::read_scalar::<_, i64>(predicted.equal(labels).int().sum(), "count of correct predictions")? as usize)
 }
 
 fn progress_bar(len: usize, prefix: &str) -> ProgressBar {
