@@ -21,6 +21,7 @@
 #                                      as much of the training set as the time left allows.
 #                                   Everything lands in $OUT (gpu-check.md and the logs).
 #   scripts/gpu-check.sh probe      a 1-2 minute first look (see probe_half).
+#   scripts/gpu-check.sh profile    kernel-by-kernel GPU time of a step (see profile_half).
 # Limits of the run half can be set: GPU_CHECK_STEPS (5), GPU_CHECK_TEST_SECONDS (120),
 # GPU_CHECK_BENCH_END (390) and GPU_CHECK_TRAIN_END (520): seconds from the start by which the
 # table stops and the training run is stopped (cleanly, with its checkpoint),
@@ -148,6 +149,39 @@ measure() {
   echo "${ips}|${mem}|${ratio}"
 }
 
+# Where the GPU step's time goes, kernel by kernel (about 2 minutes):
+#   run(command="scripts/gpu-check.sh profile", carry=[".gpu", ".gl"], timeout_s=300)
+# For each row of GPU_CHECK_PROFILE_ROWS (index into bench/commands.sh:batch, default resnet18
+# and command 7 at batch 64): a plain bench, which also fills cubecl's autotune cache, then the
+# same bench with every kernel timed (CUBECL_DEBUG_OPTION=profile: each launch waits for the GPU,
+# so that run is slower), summed by kernel with scripts/kernel_times.py into $OUT/kernels-*.md.
+profile_half() {
+  local out=${OUT:-/tmp/gpu-check}
+  mkdir -p "$out"
+  setup
+  local specs spec
+  IFS=, read -ra specs <<< "${GPU_CHECK_PROFILE_ROWS:-0:64,6:64}"
+  for spec in "${specs[@]}"; do
+    local i=${spec%:*} b=${spec#*:}
+    local flags=${commands[$i]} name="kernels-$((i + 1))-b$b"
+    {
+      echo "# Command $((i + 1)) at batch $b: \`$flags\`"
+      echo
+      echo '```'
+      timeout 60 /tmp/pnn bench --device vulkan $flags --batch-size "$b" --steps 3 --warmup 2 2>&1 | grep -E 'training step|error'
+      echo '```'
+      echo
+    } > "$out/$name.md"
+    rm -f "/tmp/$name.log"
+    CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG="/tmp/$name.log" timeout 90 \
+      /tmp/pnn bench --device vulkan $flags --batch-size "$b" --steps 2 --warmup 0 > /dev/null 2>&1
+    echo "Every kernel timed over 2 steps (the autotune cache filled by the run above):" >> "$out/$name.md"
+    echo >> "$out/$name.md"
+    python3 scripts/kernel_times.py "/tmp/$name.log" --top 30 >> "$out/$name.md" 2>&1
+    cat "$out/$name.md"
+  done
+}
+
 run_half() {
   local t0=$SECONDS
   local out=${OUT:-/tmp/gpu-check}
@@ -240,6 +274,7 @@ run_half() {
 case "${1:-}" in
   prepare) prepare ;;
   probe) probe_half ;;
+  profile) profile_half ;;
   run) run_half ;;
-  *) echo "usage: scripts/gpu-check.sh prepare | probe | run (see the header of $0)" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu-check.sh prepare | probe | profile | run (see the header of $0)" >&2; exit 2 ;;
 esac
