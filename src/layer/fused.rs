@@ -167,6 +167,23 @@ pub trait FusedKernels: burn::backend::Backend {
     ) -> FusedGrads<Self>;
 }
 
+/// The CPU loops' view of contiguous operands.
+fn operands<'a>(
+    g: &'a Geometry,
+    x: &'a FlexTensor,
+    noise: &'a FlexTensor,
+    weight: &'a FlexTensor,
+    level: f32,
+) -> Operands<'a> {
+    Operands {
+        g,
+        x: values(x),
+        noise: values(noise),
+        weight: values(weight),
+        level,
+    }
+}
+
 impl FusedKernels for Flex {
     fn fused_forward(
         x: FlexTensor,
@@ -177,19 +194,8 @@ impl FusedKernels for Flex {
         act: FusedAct,
     ) -> FlexTensor {
         let g = Geometry::of(&dims(&x), &dims(&noise), &dims(&weight));
-        let (x, noise, weight, bias) = (
-            contiguous(&x),
-            contiguous(&noise),
-            contiguous(&weight),
-            contiguous(&bias),
-        );
-        let op = Operands {
-            g: &g,
-            x: values(&x),
-            noise: values(&noise),
-            weight: values(&weight),
-            level,
-        };
+        let [x, noise, weight, bias] = [x, noise, weight, bias].map(|t| contiguous(&t));
+        let op = operands(&g, &x, &noise, &weight, level);
         let out = if use_linear_path(act, &g) {
             kernels::linear_forward(&op, values(&bias))
         } else {
@@ -209,19 +215,8 @@ impl FusedKernels for Flex {
     ) -> FusedGrads<Self> {
         let (x_dims, noise_dims, weight_dims) = (dims(&x), dims(&noise), dims(&weight));
         let g = Geometry::of(&x_dims, &noise_dims, &weight_dims);
-        let (x, noise, weight, grad) = (
-            contiguous(&x),
-            contiguous(&noise),
-            contiguous(&weight),
-            contiguous(&grad),
-        );
-        let op = Operands {
-            g: &g,
-            x: values(&x),
-            noise: values(&noise),
-            weight: values(&weight),
-            level,
-        };
+        let [x, noise, weight, grad] = [x, noise, weight, grad].map(|t| contiguous(&t));
+        let op = operands(&g, &x, &noise, &weight, level);
         let d = if use_linear_path(act, &g) {
             kernels::linear_backward(&op, values(&grad), need_noise)
         } else {
@@ -268,21 +263,8 @@ impl FusedKernels for burn::backend::Cube {
     }
 }
 
-impl PerturbOps for Flex {
-    fn perturb_combine(
-        x: FloatTensor<Self>,
-        noise: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        level: f32,
-        act: u8,
-    ) -> FloatTensor<Self> {
-        Self::fused_forward(x, noise, weight, bias, level, FusedAct::from_code(act))
-    }
-}
-
-#[cfg(any(feature = "vulkan", feature = "cuda"))]
-impl PerturbOps for burn::backend::Cube {
+/// Without autodiff the operation is the backend's forward kernel (Flex, and Cube in a GPU build).
+impl<B: FusedKernels> PerturbOps for B {
     fn perturb_combine(
         x: FloatTensor<Self>,
         noise: FloatTensor<Self>,

@@ -141,32 +141,18 @@ pub fn check_against(case: Case, seed: u64, device: &Device, reference: Referenc
 /// nmasks 1 (an ungrouped 1x1 convolution over all channels), then several masks (grouped by
 /// input channel), unique or shared, fixed or trainable.
 pub fn mask_layout_cases() -> Vec<(Case, u64)> {
-    let cases = [
-        (3, 6, 1, true, false, 5, 2),
-        (3, 5, 1, true, true, 4, 3),
-        (2, 4, 3, true, true, 5, 2),
-        (4, 8, 5, false, true, 3, 2),
-        (3, 3, 2, false, false, 6, 1),
-        (2, 6, 4, true, false, 4, 3),
-    ];
-    cases
-        .into_iter()
-        .enumerate()
-        .map(|(i, (c_in, c_out, nmasks, unique, train_masks, size, batch))| {
-            let case = Case {
-                c_in,
-                c_out,
-                nmasks,
-                unique,
-                train_masks,
-                act: Act::Relu,
-                use_act: true,
-                size,
-                batch,
-            };
-            (case, i as u64)
-        })
-        .collect()
+    relu_cases(
+        &[
+            // (c_in, c_out, nmasks, unique, train_masks, use_act, size, batch)
+            (3, 6, 1, true, false, true, 5, 2),
+            (3, 5, 1, true, true, true, 4, 3),
+            (2, 4, 3, true, true, true, 5, 2),
+            (4, 8, 5, false, true, true, 3, 2),
+            (3, 3, 2, false, false, true, 6, 1),
+            (2, 6, 4, true, false, true, 4, 3),
+        ],
+        0,
+    )
 }
 
 /// Every activation the kernel computes, after the noise or not (identity).
@@ -197,18 +183,27 @@ pub fn activation_cases() -> Vec<(Case, u64)> {
 /// Maps larger than one tile of the CPU kernel (64 pixels) and not a multiple of it, batches
 /// split unevenly over threads, 64 masks: with and without an activation (the linear path).
 pub fn tile_cases() -> Vec<(Case, u64)> {
-    let cases = [
-        (3, 6, 4, false, true, true, 9, 5),
-        (2, 4, 64, true, true, true, 11, 3),
-        (2, 2, 64, false, true, false, 11, 3),
-        (3, 6, 5, true, true, false, 9, 5),
-        (4, 4, 3, false, false, false, 13, 2),
-    ];
-    cases
-        .into_iter()
+    relu_cases(
+        &[
+            (3, 6, 4, false, true, true, 9, 5),
+            (2, 4, 64, true, true, true, 11, 3),
+            (2, 2, 64, false, true, false, 11, 3),
+            (3, 6, 5, true, true, false, 9, 5),
+            (4, 4, 3, false, false, false, 13, 2),
+        ],
+        30,
+    )
+}
+
+type Row = (usize, usize, usize, bool, bool, bool, usize, usize);
+
+/// ReLU cases from rows of (c_in, c_out, nmasks, unique, train_masks, use_act, size, batch),
+/// seeded from `first_seed` on.
+fn relu_cases(rows: &[Row], first_seed: u64) -> Vec<(Case, u64)> {
+    rows.iter()
         .enumerate()
         .map(
-            |(i, (c_in, c_out, nmasks, unique, train_masks, use_act, size, batch))| {
+            |(i, &(c_in, c_out, nmasks, unique, train_masks, use_act, size, batch))| {
                 let case = Case {
                     c_in,
                     c_out,
@@ -220,7 +215,7 @@ pub fn tile_cases() -> Vec<(Case, u64)> {
                     size,
                     batch,
                 };
-                (case, 30 + i as u64)
+                (case, first_seed + i as u64)
             },
         )
         .collect()
