@@ -52,7 +52,7 @@ prepare() {
   # against (without them the loader finds the driver's manifest but no adapter).
   (cd .gl && apt-get $o download libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2)
   du -sh .gpu .gl
-  echo "ready: run(command=\"scripts/gpu-check.sh run\", carry=[\".gpu\", \".gl\"], timeout_s=600)"
+  echo "ready: run(command=\"scripts/gpu-check.sh run\", carry=[\".gpu\", \".gl\"], timeout_s=570)"
 }
 
 # The experiment table's eight commands (cifarnet and lenet are not in the table).

@@ -217,7 +217,6 @@ fn input_grad(
     }
 }
 
-/// (dx, dgamma, dbeta).
 /// `dy[at..at + len]`; after a fused ReLU whose output was `relu_out`, the gradient that passed
 /// it (0 where the output was cut), written into `scratch`. Masking run by run keeps the
 /// masked gradient from ever being a whole-map buffer.

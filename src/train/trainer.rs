@@ -438,8 +438,11 @@ fn train_epoch(
         let (images, labels) = batch.to_tensors(device);
         let output = model.forward(images);
         let loss = loss_fn.forward(output.clone(), labels.clone());
-        let loss_value = match device::read_scalar::<_, f32>(loss.clone(), "training step") {
-            Ok(v) => v as f64,
+        // The step's two reads from the device; either fails where the device's work did.
+        let read = device::read_scalar::<_, f32>(loss.clone(), "training step")
+            .and_then(|loss| Ok((loss as f64, count_correct(output, labels)?)));
+        let (loss_value, correct) = match read {
+            Ok(values) => values,
             Err(e) => {
                 progress.finish_and_clear();
                 return Err(e.context(format!(
@@ -460,7 +463,6 @@ fn train_epoch(
                 config.level
             );
         }
-        let correct = count_correct(output, labels)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(lr, model, grads);
         totals.add_batch(loss_value, correct, batch.len());
