@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check: pnn on a real GPU through Vulkan, beside PyTorch (CUDA) on the same GPU.
 #
-#   scripts/gpu-check.sh prepare    here (x86_64; no GPU needed). Builds pnn and the GPU tests with
-#                                   --features vulkan into .gpu/ (stripped and xz-compressed: the Vulkan
-#                                   build is 80 MB per binary, over the 64 MiB a device call carries,
-#                                   and 14 MB compressed), puts the Vulkan loader's
-#                                   Debian packages into .gl/, and CIFAR-10 (the JPEG archive of
-#                                   ../shared/data) into .gpu/data/. Both folders are git-ignored
-#                                   locally (.git/info/exclude) and travel with the device call.
+#   scripts/gpu-check.sh prepare    here (x86_64; no GPU needed). Builds, stripped and xz-compressed (the
+#                                   Vulkan build is 80 MB per binary, over the 64 MiB a device call carries,
+#                                   and 12-15 MB compressed), into folders that are git-ignored locally
+#                                   (.git/info/exclude) and travel with the device call as `carry`:
+#                                     .gpu/       pnn and the GPU tests, --features vulkan;
+#                                     .gpu-tune/  the same two with --features vulkan,gpu-autotune;
+#                                     .gpu-data/  CIFAR-10 (the JPEG archive of ../shared/data);
+#                                     .gl/        the Vulkan loader's Debian packages.
 #   scripts/gpu-check.sh run        on the GPU machine, as one device call, at most about 9 minutes:
-#                                     run(command="scripts/gpu-check.sh run", carry=[".gpu", ".gl"], timeout_s=570)
+#                                     run(command="scripts/gpu-check.sh run", carry=[".gpu", ".gpu-data", ".gl"], timeout_s=570)
 #                                   1. the GPU tests (tests/gpu.rs: the fused layer's CubeCL kernels against
 #                                      burn's composition and the CPU's loops; every model's loss, logits and
 #                                      input gradient on Vulkan against the CPU);
@@ -22,6 +23,7 @@
 #                                   Everything lands in $OUT (gpu-check.md and the logs).
 #   scripts/gpu-check.sh probe      a 1-2 minute first look (see probe_half).
 #   scripts/gpu-check.sh profile    kernel-by-kernel GPU time of a step (see profile_half).
+#   scripts/gpu-check.sh tune       burn's autotuning build against the default one (see tune_half).
 # Limits of the run half can be set: GPU_CHECK_STEPS (5), GPU_CHECK_TEST_SECONDS (120),
 # GPU_CHECK_BENCH_END (390) and GPU_CHECK_TRAIN_END (520): seconds from the start by which the
 # table stops and the training run is stopped (cleanly, with its checkpoint),
@@ -29,20 +31,28 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# Builds pnn and the GPU test binary with `features`, stripped and compressed into folder `dir`.
+bundle() {
+  local features=$1 dir=$2 test_bin
+  cargo build --release --features "$features"
+  cargo test --release --features "$features" --test gpu --no-run 2>&1 | tee /tmp/gpu-test-build.log
+  test_bin=$(grep -o 'target/release/deps/gpu-[0-9a-f]*' /tmp/gpu-test-build.log | tail -1)
+  mkdir -p "$dir"
+  grep -qx "/$dir/" .git/info/exclude || echo "/$dir/" >> .git/info/exclude
+  strip -o /tmp/bundle-pnn target/release/pnn
+  strip -o /tmp/bundle-tests "$test_bin"
+  xz -T2 -6 -c /tmp/bundle-pnn > "$dir/pnn.xz"
+  xz -T2 -6 -c /tmp/bundle-tests > "$dir/gpu-tests.xz"
+}
+
 prepare() {
   set -e
-  cargo build --release --features vulkan
-  cargo test --release --features vulkan --test gpu --no-run 2>&1 | tee /tmp/gpu-test-build.log
-  local test_bin
-  test_bin=$(grep -o 'target/release/deps/gpu-[0-9a-f]*' /tmp/gpu-test-build.log | tail -1)
-  mkdir -p .gpu/data .gl
-  grep -qx '/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude
-  grep -qx '/.gl/' .git/info/exclude || echo /.gl/ >> .git/info/exclude
-  strip -o /tmp/pnn-vulkan target/release/pnn
-  strip -o /tmp/gpu-tests "$test_bin"
-  xz -T2 -6 -c /tmp/pnn-vulkan > .gpu/pnn.xz
-  xz -T2 -6 -c /tmp/gpu-tests > .gpu/gpu-tests.xz
-  cp ../shared/data/cifar10-jpeg.tar.gz .gpu/data/
+  # The autotuning build first, so that target/release/pnn is the default build afterwards.
+  bundle vulkan,gpu-autotune .gpu-tune
+  bundle vulkan .gpu
+  mkdir -p .gpu-data .gl
+  for dir in .gpu-data .gl; do grep -qx "/$dir/" .git/info/exclude || echo "/$dir/" >> .git/info/exclude; done
+  cp ../shared/data/cifar10-jpeg.tar.gz .gpu-data/
   local o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
   mkdir -p /tmp/amd64/partial
   # shellcheck disable=SC2086
@@ -51,8 +61,8 @@ prepare() {
   # The loader, and libglvnd's dispatch libraries that the NVIDIA driver's Vulkan library links
   # against (without them the loader finds the driver's manifest but no adapter).
   (cd .gl && apt-get $o download libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2)
-  du -sh .gpu .gl
-  echo "ready: run(command=\"scripts/gpu-check.sh run\", carry=[\".gpu\", \".gl\"], timeout_s=570)"
+  du -sh .gpu .gpu-tune .gpu-data .gl
+  echo "ready: run(command=\"scripts/gpu-check.sh run\", carry=[\".gpu\", \".gpu-data\", \".gl\"], timeout_s=570)"
 }
 
 # The experiment table's eight commands (cifarnet and lenet are not in the table).
@@ -89,9 +99,16 @@ setup() {
   # The GPU tests fail, rather than skip, when no Vulkan device opens.
   export PNN_REQUIRE_GPU=1
   # The binaries travel compressed; Python's lzma unpacks them where xz is not installed.
-  for bin in pnn gpu-tests; do
-    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-      ".gpu/$bin.xz" "/tmp/$bin" && chmod +x "/tmp/$bin"
+  # /tmp/pnn and /tmp/gpu-tests from .gpu, /tmp/pnn-autotune and /tmp/gpu-tests-autotune from
+  # .gpu-tune, for the folders the call carried.
+  local dir bin suffix
+  for dir in .gpu .gpu-tune; do
+    suffix=${dir#.gpu}; suffix=${suffix/-tune/-autotune}
+    for bin in pnn gpu-tests; do
+      [ -f "$dir/$bin.xz" ] || continue
+      python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        "$dir/$bin.xz" "/tmp/$bin$suffix" && chmod +x "/tmp/$bin$suffix"
+    done
   done
 }
 
@@ -149,18 +166,27 @@ measure() {
   echo "${ips}|${mem}|${ratio}"
 }
 
-# Where the GPU step's time goes, kernel by kernel (about 2 minutes):
+# Where the GPU step's time goes, kernel by kernel (about 2 minutes with the default build):
 #   run(command="scripts/gpu-check.sh profile", carry=[".gpu", ".gl"], timeout_s=300)
 # For each row of GPU_CHECK_PROFILE_ROWS (index into bench/commands.sh:batch, default resnet18
-# and command 7 at batch 64): a plain bench, which also fills cubecl's autotune cache, then the
-# same bench with every kernel timed (CUBECL_DEBUG_OPTION=profile: each launch waits for the GPU,
-# so that run is slower), summed by kernel with scripts/kernel_times.py into $OUT/kernels-*.md.
+# and commands 7 and 8 at batch 64): a plain bench, which also fills cubecl's autotune cache in an
+# autotuning build, then the same bench with every kernel timed (CUBECL_DEBUG_OPTION=profile:
+# each launch waits for the GPU, so that run is slower), summed by kernel with
+# scripts/kernel_times.py into $OUT/kernels-*.md. GPU_CHECK_PROFILE_BIN=pnn-autotune profiles the
+# autotuning build (carry .gpu-tune too); its first bench of a model tunes for 2-3 minutes,
+# so give it GPU_CHECK_PROFILE_FILL=240 seconds (default 100).
 profile_half() {
   local out=${OUT:-/tmp/gpu-check}
   mkdir -p "$out"
   setup
+  local bin=/tmp/${GPU_CHECK_PROFILE_BIN:-pnn}
+  # The GPU tests first (about 15 s with the default build).
+  local t0=$SECONDS
+  timeout 90 /tmp/gpu-tests --test-threads 1 > "$out/gpu-tests.log" 2>&1
+  echo "GPU tests: exit $?, $((SECONDS - t0)) s" | tee "$out/profile.log"
+  grep -E '^test |test result|panicked' "$out/gpu-tests.log" | head -20 | tee -a "$out/profile.log"
   local specs spec
-  IFS=, read -ra specs <<< "${GPU_CHECK_PROFILE_ROWS:-0:64,6:64}"
+  IFS=, read -ra specs <<< "${GPU_CHECK_PROFILE_ROWS:-0:64,6:64,7:64}"
   for spec in "${specs[@]}"; do
     local i=${spec%:*} b=${spec#*:}
     local flags=${commands[$i]} name="kernels-$((i + 1))-b$b"
@@ -168,16 +194,18 @@ profile_half() {
       echo "# Command $((i + 1)) at batch $b: \`$flags\`"
       echo
       echo '```'
-      timeout 60 /tmp/pnn bench --device vulkan $flags --batch-size "$b" --steps 3 --warmup 2 2>&1 | grep -E 'training step|error'
+      timeout "${GPU_CHECK_PROFILE_FILL:-100}" "$bin" bench --device vulkan $flags --batch-size "$b" --steps 3 --warmup 2 2>&1 | grep -E 'training step|error'
       echo '```'
       echo
     } > "$out/$name.md"
     rm -f "/tmp/$name.log"
     CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG="/tmp/$name.log" timeout 90 \
-      /tmp/pnn bench --device vulkan $flags --batch-size "$b" --steps 2 --warmup 0 > /dev/null 2>&1
+      "$bin" bench --device vulkan $flags --batch-size "$b" --steps 2 --warmup 0 > /dev/null 2>&1
     echo "Every kernel timed over 2 steps (the autotune cache filled by the run above):" >> "$out/$name.md"
     echo >> "$out/$name.md"
     python3 scripts/kernel_times.py "/tmp/$name.log" --top 30 >> "$out/$name.md" 2>&1
+    # The raw log too (compressed), in case the summary's parsing missed its format.
+    gzip -c "/tmp/$name.log" > "$out/$name.log.gz"
     cat "$out/$name.md"
   done
 }
@@ -257,7 +285,7 @@ run_half() {
     'BEGIN {if (r <= 0) r = 100; s = int(0.7 * (b - 15) * r / 2.2 / 64) * 64; if (s > cap) s = cap; if (s < 640) s = 640; print s}')
   local test_subset=$((subset / 5 < 10000 ? subset / 5 : 10000))
   echo "## 3. Two epochs of perturb_resnet18, 64 shared masks, CIFAR-10 ($subset training images, $test_subset test images, $budget s allowed)" >> "$report"
-  mkdir -p /tmp/data && tar xzf .gpu/data/cifar10-jpeg.tar.gz -C /tmp/data
+  mkdir -p /tmp/data && tar xzf .gpu-data/cifar10-jpeg.tar.gz -C /tmp/data
   timeout -s INT "$budget" "$pnn" train --device vulkan --net-type perturb_resnet18 --nfilters 128 \
     --first_filter_size 3 --filter_size 0 --nmasks 64 --no-unique_masks --learning-rate 1e-3 --batch-size 64 \
     --nepochs 2 --dataset-train CIFAR10 --dataset-test CIFAR10 --dataroot /tmp/data --no-download \
@@ -271,10 +299,97 @@ run_half() {
   cat "$report"
 }
 
+# burn's autotuning (the gpu-autotune feature) against the default build, about 8 minutes:
+#   run(command="scripts/gpu-check.sh tune", carry=[".gpu", ".gpu-tune", ".gl"], timeout_s=520)
+# 1. the GPU tests of both builds (the autotuning build's tune each new convolution shape first:
+# GPU_CHECK_TUNE_TEST_SECONDS, default 150); 2. the default build and PyTorch on
+# GPU_CHECK_TUNE_TABLE (default commands 8, 1 and 7 at batch 64); 3. the autotuning build on
+# GPU_CHECK_TUNE_ROWS (default commands 1, 7 and 8 at batch 64): each row is retried while time is
+# left (GPU_CHECK_TUNE_END, 470 s from the start), since cubecl writes every tuned kernel choice
+# to its cache on disk as it goes, so a second process starts where the first was stopped.
+# Reports the wall time of each try and the steady images/s once a try finishes.
+tune_half() {
+  local t0=$SECONDS out=${OUT:-/tmp/gpu-check}
+  mkdir -p "$out"
+  local report=$out/tune.md
+  setup
+  {
+    echo "# burn's autotune on a GPU (Vulkan), beside the default build and PyTorch (CUDA)"
+    echo
+    echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
+    echo "- PyTorch $(python3 -c 'import torch; print(torch.__version__)'); started $(date -u +%FT%TZ)"
+    echo
+    echo "## 1. GPU tests (default build)"
+  } > "$report"
+  timeout 90 /tmp/gpu-tests --test-threads 1 > "$out/gpu-tests.log" 2>&1
+  echo "exit status $? after $((SECONDS - t0)) s" >> "$report"
+  echo '```' >> "$report"
+  grep -E '^test |test result|panicked' "$out/gpu-tests.log" | head -12 >> "$report"
+  echo '```' >> "$report"
+  if [ -x /tmp/gpu-tests-autotune ]; then
+    local started=$SECONDS
+    echo "### The autotuning build's GPU tests" >> "$report"
+    timeout "${GPU_CHECK_TUNE_TEST_SECONDS:-150}" /tmp/gpu-tests-autotune --test-threads 1 > "$out/gpu-tests-autotune.log" 2>&1
+    echo "exit status $? after $((SECONDS - started)) s (124: stopped by the time limit)" >> "$report"
+    echo '```' >> "$report"
+    grep -E '^test |test result|panicked' "$out/gpu-tests-autotune.log" | head -12 >> "$report"
+    echo '```' >> "$report"
+  fi
+  {
+    echo
+    echo "## 2. Default build and PyTorch: median of 5 steps after 2 warm-up"
+    echo
+    echo "| # | batch | PyTorch images/s | pnn images/s | pnn / PyTorch | PyTorch GPU MiB | pnn GPU MiB |"
+    echo "|---|---|---|---|---|---|---|"
+  } >> "$report"
+  local spec specs
+  IFS=, read -ra specs <<< "${GPU_CHECK_TUNE_TABLE:-7:64,0:64,6:64}"
+  for spec in "${specs[@]}"; do
+    local i=${spec%:*} b=${spec#*:} p t p_ips p_mem t_ips t_mem ratio
+    local flags=${commands[$i]}
+    p=$(measure "$out/tune-bench.log" 45 /tmp/pnn bench --device vulkan $flags --batch-size "$b" --steps 5 --warmup 2)
+    t=$(measure "$out/tune-bench.log" 45 python3 bench/torch_bench.py --device cuda $flags --batch-size "$b" --steps 5 --warmup 2)
+    IFS='|' read -r p_ips p_mem _ <<< "$p"
+    IFS='|' read -r t_ips t_mem _ <<< "$t"
+    ratio=$(awk -v a="${p_ips:-0}" -v b="${t_ips:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2fx", a / b; else print "-"}')
+    echo "| $((i + 1)) | $b | ${t_ips:-failed} | ${p_ips:-failed} | $ratio | ${t_mem:--} | ${p_mem:--} |" >> "$report"
+  done
+  {
+    echo
+    echo "(after $((SECONDS - t0)) s)"
+    echo
+    echo "## 3. Autotuning build (gpu-autotune): tries of one process each, median of 5 steps after 3 warm-up"
+    echo
+    echo "| # | batch | try | exit | wall s | images/s |"
+    echo "|---|---|---|---|---|---|"
+  } >> "$report"
+  local tune_end=${GPU_CHECK_TUNE_END:-470}
+  IFS=, read -ra specs <<< "${GPU_CHECK_TUNE_ROWS:-0:64,6:64,7:64}"
+  for spec in "${specs[@]}"; do
+    local i=${spec%:*} b=${spec#*:} try=1
+    local flags=${commands[$i]}
+    while :; do
+      local left=$((t0 + tune_end - SECONDS))
+      [ "$left" -lt 20 ] && break
+      local limit=$((left < 180 ? left : 180)) start=$SECONDS o rc
+      o=$(timeout "$limit" /tmp/pnn-autotune bench --device vulkan $flags --batch-size "$b" --steps 5 --warmup 3 2>&1)
+      rc=$?
+      { echo "\$ pnn-autotune bench $flags --batch-size $b (try $try)"; echo "$o"; echo; } >> "$out/tune-bench.log"
+      echo "| $((i + 1)) | $b | $try | $rc | $((SECONDS - start)) | $(awk '/training step:/ {print $3}' <<< "$o") |" >> "$report"
+      [ "$rc" = 0 ] && break
+      try=$((try + 1))
+    done
+  done
+  echo >> "$report"
+  echo "- finished $(date -u +%FT%TZ), $((SECONDS - t0)) s after the start" >> "$report"
+  cat "$report"
+}
+
 case "${1:-}" in
   prepare) prepare ;;
   probe) probe_half ;;
   profile) profile_half ;;
   run) run_half ;;
-  *) echo "usage: scripts/gpu-check.sh prepare | probe | profile | run (see the header of $0)" >&2; exit 2 ;;
+  tune) tune_half ;;
+  *) echo "usage: scripts/gpu-check.sh prepare | probe | profile | run | tune (see the header of $0)" >&2; exit 2 ;;
 esac

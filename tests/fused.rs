@@ -70,3 +70,27 @@ fn layers_without_a_fused_form_use_the_composition() {
     assert_eq!(layer(&case, &device).fused_act(), Some(FusedAct::Identity));
     let _ = layer(&case, &device).valid();
 }
+
+/// Every model tests/gpu.rs compares across devices is a valid configuration that builds and
+/// runs a forward pass on the CPU: those tests run only on a GPU machine, so a bad flag set
+/// would otherwise show up only there.
+#[test]
+fn the_gpu_tests_models_build_on_the_cpu() {
+    use common::gpu_models::GPU_MODELS;
+    use pnn::config::TrainArgs;
+    use pnn::models::{self, Geometry};
+    let device = Device::flex();
+    let geometry = Geometry {
+        channels: 3,
+        input_size: 32,
+        num_classes: 10,
+    };
+    for (what, flags) in GPU_MODELS {
+        let config = TrainArgs::parse_flags(flags.split_whitespace())
+            .and_then(|args| args.to_config())
+            .unwrap_or_else(|e| panic!("{what} ({flags}): {e:#}"));
+        let model = models::build_for(&config, geometry, &device).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let logits = model.forward(Tensor::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device));
+        assert_eq!(logits.dims(), [2, 10], "{what}");
+    }
+}

@@ -16,6 +16,7 @@ mod on_vulkan {
     use super::common::fused_check::{
         Reference, activation_cases, check, check_against, mask_layout_cases, tile_cases,
     };
+    use super::common::gpu_models::gpu_model;
     use burn::module::Module;
     use burn::nn::loss::CrossEntropyLoss;
     use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
@@ -41,13 +42,29 @@ mod on_vulkan {
         t.into_data().try_to_vec::<f32>().unwrap()
     }
 
-    fn assert_close(gpu: &[f32], cpu: &[f32], tolerance: f32, what: &str) {
+    /// Every value within `tolerance` of the CPU's largest, except at most `outliers` of them.
+    fn assert_close(gpu: &[f32], cpu: &[f32], tolerance: f32, outliers: usize, what: &str) {
         assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
         let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
-            assert!(
-                (g - c).abs() <= tolerance * scale,
-                "{what}[{i}]: vulkan {g} vs cpu {c} (scale {scale})"
+        let off: Vec<String> = gpu
+            .iter()
+            .zip(cpu)
+            .enumerate()
+            .filter(|(_, (g, c))| (*g - *c).abs() > tolerance * scale)
+            .map(|(i, (g, c))| format!("[{i}] vulkan {g} vs cpu {c}"))
+            .collect();
+        assert!(
+            off.len() <= outliers,
+            "{what}: {} of {} values differ by more than {tolerance} x {scale} (at most {outliers} may): {}",
+            off.len(),
+            gpu.len(),
+            off.iter().take(8).cloned().collect::<Vec<_>>().join(", ")
+        );
+        if !off.is_empty() {
+            eprintln!(
+                "{what}: {} isolated value(s) off, allowed: {}",
+                off.len(),
+                off.join(", ")
             );
         }
     }
@@ -88,9 +105,17 @@ mod on_vulkan {
             results.push((values(loss.detach().reshape([1])), values(logits.detach()), values(dx)));
         }
         let (cpu_r, gpu_r) = (&results[0], &results[1]);
-        assert_close(&gpu_r.0, &cpu_r.0, 1e-3, &format!("{flags}: loss"));
-        assert_close(&gpu_r.1, &cpu_r.1, 1e-3, &format!("{flags}: logits"));
-        assert_close(&gpu_r.2, &cpu_r.2, 2e-3, &format!("{flags}: input gradient"));
+        assert_close(&gpu_r.0, &cpu_r.0, 1e-3, 0, &format!("{flags}: loss"));
+        assert_close(&gpu_r.1, &cpu_r.1, 1e-3, 0, &format!("{flags}: logits"));
+        // ReLU's derivative jumps at 0: a value within float rounding of 0 before a ReLU can be
+        // on one side on the CPU and on the other on the GPU, and then the input gradient differs
+        // at the pixels under it. The CPU alone shows it, its BatchNorm kernel against burn's
+        // (PNN_UNFUSED=1): for the mix_maps model below, a block's BatchNorm gave -4.8e-7 at one
+        // value, which burn's rounds to the other side, and 2 of the input gradient's 12,288
+        // values moved (of 7 input seeds tried, one other moved 1). Up to 1 in 2,000 values may do so; a wrong
+        // kernel moves far more.
+        let outliers = gpu_r.2.len() / 2000;
+        assert_close(&gpu_r.2, &cpu_r.2, 2e-3, outliers, &format!("{flags}: input gradient"));
     }
 
     /// The fused layer's CubeCL kernels against burn's composition on the same GPU: the cases of
@@ -122,36 +147,24 @@ mod on_vulkan {
 
     #[test]
     fn resnet18_matches_the_cpu() {
-        compare("--net-type resnet18 --nfilters 8", 4);
+        compare(gpu_model("resnet18"), 4);
     }
 
     #[test]
     fn perturb_resnet18_with_many_masks_matches_the_cpus_fused_layer() {
-        compare(
-            "--net-type perturb_resnet18 --nfilters 12 --first_filter_size 3 --filter_size 0 --nmasks 6 --no-unique_masks",
-            4,
-        );
+        compare(gpu_model("perturb_resnet18, many masks (the fused kernels)"), 4);
     }
 
     #[test]
-    fn perturb_resnet18_with_one_mask_and_mix_maps_matches_the_cpu() {
-        compare(
-            "--net-type perturb_resnet18 --nfilters 6 --first_filter_size 0 --filter_size 0 --nmasks 2 --mix_maps --use_act",
-            4,
-        );
+    fn perturb_resnet18_with_mix_maps_matches_the_cpu() {
+        compare(gpu_model("perturb_resnet18, mix_maps (burn's composition)"), 4);
     }
 
     #[test]
     fn noiseresnet18_cifarnet_and_lenet_match_the_cpu() {
-        compare("--net-type noiseresnet18 --nfilters 8 --first_filter_size 7", 4);
-        compare(
-            "--net-type cifarnet --nfilters 12 --first_filter_size 0 --filter_size 0 --nmasks 2 --dropout 0",
-            4,
-        );
-        compare(
-            "--net-type lenet --nfilters 8 --first_filter_size 0 --filter_size 0 --nmasks 3 --use_act --dropout 0",
-            4,
-        );
+        for what in ["noiseresnet18", "cifarnet", "lenet"] {
+            compare(gpu_model(what), 4);
+        }
     }
 }
 

@@ -9,11 +9,12 @@
 //! here every output is summed straight from x and the masks, and the backward pass recomputes
 //! the perturbed values it needs, so no tensor larger than x or the output is ever formed.
 //!
-//! Four kernels, each a plain loop with one thread per output value except the weight gradient:
+//! Four operations (five kernels), plain loops with one thread per output value except where said:
 //! - `forward`: one thread per (n, o, p), Kg terms;
 //! - `grad_x`: one thread per (n, c, p), the M maps of channel c and the outputs that read them;
-//! - `grad_noise` (trainable masks only): one thread per mask value, summed over the batch (and
-//!   over the channels when the masks are shared);
+//! - `grad_noise` (trainable masks only): per mask value, the sum over the batch (and over the
+//!   channels when the masks are shared), in two stages: chunks of those terms summed by many
+//!   threads into a [chunks, values] buffer, then one thread per value adds up its chunks;
 //! - `grad_weight`: one cube per (o, j) (and per o for the bias), its units striding over
 //!   N x HW and meeting in a tree sum in shared memory.
 
@@ -28,6 +29,10 @@ use super::fused::FusedAct;
 
 /// Units per cube of the weight-gradient reduction (a power of two, for the tree sum).
 const REDUCE_UNITS: u32 = 256;
+
+/// Threads the mask gradient's first stage aims for: enough to fill a large GPU (an H200 holds
+/// 132 x 2048 resident threads) at every stage of a network.
+const GRAD_NOISE_THREADS: usize = 1 << 18;
 
 const SELU_SCALE: f32 = 1.050_700_987_355_480_5;
 const SELU_ALPHA: f32 = 1.673_263_242_354_377_3;
@@ -157,41 +162,71 @@ fn grad_x_kernel(
     dx[pos] = sum;
 }
 
+/// The mask gradient's first stage: chunk `q` of the (sample, channel) pairs that read mask value
+/// `v` sums into `partial[q, v]`. One thread per mask value alone left each thread the whole batch
+/// (times every channel, for shared masks): at the last stage of a network that is a few thousand
+/// threads with tens of thousands of terms each, and the GPU sat mostly idle.
 #[cube(launch)]
-fn grad_noise_kernel(
+fn grad_noise_partial_kernel(
     x: &Tensor<f32>,
     noise: &Tensor<f32>,
     weight: &Tensor<f32>,
     dy: &Tensor<f32>,
-    dnoise: &mut Tensor<f32>,
+    partial: &mut Tensor<f32>,
     batch: usize,
+    chunk_len: usize,
     s: Sizes,
     #[comptime] act: FusedAct,
 ) {
     let pos = ABSOLUTE_POS;
-    if pos >= dnoise.len() {
+    if pos >= partial.len() {
         terminate!();
     }
-    let p = pos % s.hw;
-    let cm = pos / s.hw;
+    let values = noise.len();
+    let q = pos / values;
+    let v = pos % values;
+    let p = v % s.hw;
+    let cm = v / s.hw;
     let m = cm % s.masks;
     let noise_channel = cm / s.masks;
     // Shared masks: every input channel reads mask channel 0.
     let mut first = noise_channel;
-    let mut end = noise_channel + 1;
+    let mut readers = 1;
     if s.noise_channel_stride == 0 {
         first = 0;
-        end = s.channels;
+        readers = s.channels;
+    }
+    let pairs = batch * readers;
+    let start = q * chunk_len;
+    let mut end = start + chunk_len;
+    if end > pairs {
+        end = pairs;
     }
     let mut sum = 0.0f32;
-    for n in 0..batch {
-        for c in first..end {
-            let k = c * s.masks + m;
-            let d = derivative(perturbed(x, noise, &s, n, k, p), act);
-            sum += d * back_to_map(weight, dy, &s, n, k, p);
-        }
+    let mut i = start;
+    while i < end {
+        let n = i / readers;
+        let k = (first + i % readers) * s.masks + m;
+        let d = derivative(perturbed(x, noise, &s, n, k, p), act);
+        sum += d * back_to_map(weight, dy, &s, n, k, p);
+        i += 1;
     }
-    dnoise[pos] = s.level * sum;
+    partial[pos] = sum;
+}
+
+/// The mask gradient's second stage: `out[v] = scale * sum over q of partial[q, v]`.
+#[cube(launch)]
+fn sum_chunks_kernel(partial: &Tensor<f32>, out: &mut Tensor<f32>, chunks: usize, scale: f32) {
+    let pos = ABSOLUTE_POS;
+    if pos >= out.len() {
+        terminate!();
+    }
+    let values = out.len();
+    let mut sum = 0.0f32;
+    for q in 0..chunks {
+        sum += partial[q * values + pos];
+    }
+    out[pos] = scale * sum;
 }
 
 /// Cube (j, o): dW[o, j] = sum over n, p of dy[n, o, p] * act(perturbed map k(o, j)); the
@@ -289,6 +324,14 @@ fn elementwise(like: &CubeTensor, len: usize) -> (CubeCount, CubeDim) {
     (calculate_cube_count_elemwise(&like.client, len, dim), dim)
 }
 
+/// How the mask gradient's `pairs` terms per value are split: (chunks, pairs per chunk), so that
+/// `chunks x values` threads come near `GRAD_NOISE_THREADS`.
+fn noise_chunks(values: usize, pairs: usize) -> (usize, usize) {
+    let wanted = GRAD_NOISE_THREADS.div_ceil(values.max(1)).clamp(1, pairs.max(1));
+    let chunk_len = pairs.max(1).div_ceil(wanted);
+    (pairs.max(1).div_ceil(chunk_len), chunk_len)
+}
+
 /// `bias + weight * act(x + level * noise)` (see the module documentation).
 pub fn forward(
     x: CubeTensor,
@@ -358,9 +401,13 @@ pub fn backward(
 
     let dnoise = need_noise.then(|| {
         let shape = noise.meta.shape().clone();
-        let dnoise = empty_like(&x, shape.clone());
-        let (count, dim) = elementwise(&x, shape.num_elements());
-        grad_noise_kernel::launch(
+        let values = shape.num_elements();
+        // (sample, channel) pairs that read each mask value: every channel, for shared masks.
+        let readers = if noise.meta.shape()[1] == 1 { x_shape[1] } else { 1 };
+        let (chunks, chunk_len) = noise_chunks(values, n * readers);
+        let partial = empty_like(&x, Shape::new([chunks, values]));
+        let (count, dim) = elementwise(&x, chunks * values);
+        grad_noise_partial_kernel::launch(
             &x.client,
             count,
             dim,
@@ -368,10 +415,22 @@ pub fn backward(
             noise.clone().into_tensor_arg(),
             weight.clone().into_tensor_arg(),
             dy.clone().into_tensor_arg(),
-            dnoise.clone().into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
             n,
+            chunk_len,
             s(),
             act,
+        );
+        let dnoise = empty_like(&x, shape);
+        let (count, dim) = elementwise(&x, values);
+        sum_chunks_kernel::launch(
+            &x.client,
+            count,
+            dim,
+            partial.into_tensor_arg(),
+            dnoise.clone().into_tensor_arg(),
+            chunks,
+            level,
         );
         dnoise
     });

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a part of them
 
 pub mod fused_check;
+pub mod gpu_models;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
