@@ -129,6 +129,26 @@ fn answers(device: &Device) -> bool {
     matches!(result, Ok(v) if v == 3.0)
 }
 
+/// Appended to a GPU backend's name (so recorded in every result file): whether burn tunes its
+/// GPU kernels (the `gpu-autotune` feature), which changes a GPU run's speed several times over.
+#[allow(dead_code)] // only the GPU builds name a GPU backend
+const GPU_KERNELS: &str = if cfg!(feature = "gpu-autotune") {
+    ", burn autotune"
+} else {
+    ""
+};
+
+/// Printed at the start of a GPU run of an autotuning build: its first steps look stuck.
+pub const AUTOTUNE_NOTE: Option<&str> = if cfg!(feature = "gpu-autotune") {
+    Some(
+        "burn tunes each GPU kernel shape before its first use: the first steps of a fresh run take minutes \
+         (2-3 on an NVIDIA H200); cubecl caches the choices, in target/environment/ inside a cargo project, \
+         else in ~/.cache/cubecl",
+    )
+} else {
+    None
+};
+
 #[allow(dead_code)] // only the GPU builds construct these
 enum GpuKind {
     Discrete,
@@ -144,7 +164,7 @@ fn vulkan_kind(kind: GpuKind) -> Result<Backend> {
     };
     Ok(Backend {
         device: Device::vulkan(kind.clone()),
-        name: format!("vulkan ({kind:?})"),
+        name: format!("vulkan ({kind:?}){GPU_KERNELS}"),
     })
 }
 
@@ -157,7 +177,7 @@ fn vulkan_kind(_kind: GpuKind) -> Result<Backend> {
 fn vulkan(index: Option<usize>) -> Result<Backend> {
     use burn::tensor::DeviceKind;
     let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
-    let name = format!("vulkan ({kind:?})");
+    let name = format!("vulkan ({kind:?}){GPU_KERNELS}");
     Ok(Backend {
         device: Device::vulkan(kind),
         name,
@@ -179,7 +199,7 @@ fn cuda(index: Option<usize>) -> Result<Backend> {
     };
     Ok(Backend {
         device,
-        name: format!("cuda:{}", index.unwrap_or(0)),
+        name: format!("cuda:{}{GPU_KERNELS}", index.unwrap_or(0)),
     })
 }
 

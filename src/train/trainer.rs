@@ -198,6 +198,9 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         Config::value_name(&config.dataset_test),
         run.root.display()
     );
+    if let (false, Some(note)) = (opts.backend.is_cpu(), crate::device::AUTOTUNE_NOTE) {
+        say!(opts, "{note}");
+    }
 
     // Augmented where the data set is (CIFAR). Until this was one call, the training loader
     // was built without it, while the line above said "(random crop and flip)".
