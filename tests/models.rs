@@ -1,6 +1,8 @@
 //! The five models: parameter counts against the PyTorch reference, shapes, a training step,
 //! train versus eval behaviour, and checkpointing of the original model's fixed noise.
 
+mod common;
+
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
@@ -38,6 +40,7 @@ fn count(flags: &str) -> (usize, usize) {
 /// out*64 + out weights and bias, 2*out BatchNorm and out*out + 3*out for the mixing layer).
 #[test]
 fn experiment_table_parameter_counts_match_the_reference() {
+    let _rng = common::rng_lock();
     let table = [
         ("--net-type resnet18 --nfilters 44", (5_284_982, 0)),
         (
@@ -110,6 +113,7 @@ const FAMILIES: [&str; 6] = [
 
 #[test]
 fn every_family_trains_a_step_on_a_fixed_batch() {
+    let _rng = common::rng_lock();
     let device = Device::flex().autodiff();
     for flags in FAMILIES {
         device.seed(21);
@@ -133,6 +137,7 @@ fn every_family_trains_a_step_on_a_fixed_batch() {
 
 #[test]
 fn batchnorm_models_use_batch_statistics_in_training_and_running_ones_in_evaluation() {
+    let _rng = common::rng_lock();
     let device = Device::flex().autodiff();
     for flags in FAMILIES {
         device.seed(4);
@@ -158,6 +163,7 @@ fn batchnorm_models_use_batch_statistics_in_training_and_running_ones_in_evaluat
 
 #[test]
 fn original_models_fixed_noise_is_saved_and_restored() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.bpk");
     let cfg = cifar("--net-type noiseresnet18 --nfilters 4 --first_filter_size 3");
@@ -189,6 +195,7 @@ fn original_models_fixed_noise_is_saved_and_restored() {
 
 #[test]
 fn configurations_the_reference_cannot_run_are_refused_clearly() {
+    let _rng = common::rng_lock();
     let mnist = |flags: &str| {
         let argv = ["pnn", "--dataset-train", "MNIST", "--dataset-test", "MNIST"]
             .into_iter()

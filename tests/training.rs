@@ -1,5 +1,7 @@
 //! Training pieces: the two accuracies, the schedule, optimiser semantics, the LeNet model.
 
+mod common;
+
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
@@ -71,6 +73,7 @@ fn step_schedules_follow_the_reference() {
 /// update rules written out by hand.
 #[test]
 fn optimisers_follow_pytorch_update_rules() {
+    let _rng = common::rng_lock();
     let device = Device::flex().autodiff();
     let (w0, g, lr, wd) = (1.0f64, 0.5f64, 0.1f64, 0.01f64);
     let run = |method: OptimMethod| -> Vec<f64> {
@@ -139,6 +142,7 @@ fn optimisers_follow_pytorch_update_rules() {
 
 #[test]
 fn lenet_parameter_count_matches_the_reference() {
+    let _rng = common::rng_lock();
     // PyTorch reference: lenet, nfilters 128, filter_size 0, first_filter_size 0, nmasks 1, 28x28.
     let cfg = config(&[
         "--nfilters",
@@ -179,6 +183,7 @@ fn batch(device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
 
 #[test]
 fn lenet_output_shape_and_one_step_lowers_the_loss() {
+    let _rng = common::rng_lock();
     let device = Device::flex().autodiff();
     device.seed(5);
     let variants = [
@@ -210,6 +215,7 @@ fn lenet_output_shape_and_one_step_lowers_the_loss() {
 
 #[test]
 fn train_and_eval_modes_differ_where_dropout_and_batchnorm_say() {
+    let _rng = common::rng_lock();
     let device = Device::flex().autodiff();
     device.seed(9);
     let cfg = config(&["--nfilters", "8", "--dropout", "0.5"]);
@@ -313,6 +319,7 @@ fn inconsistent_configurations_are_refused_with_the_way_out() {
 /// before pnn had its own SGD resume).
 #[test]
 fn fused_sgd_is_burns_sgd_bit_for_bit_and_reads_its_checkpoints() {
+    let _rng = common::rng_lock();
     use burn::optim::decay::WeightDecayConfig;
     use burn::optim::momentum::MomentumConfig;
     use burn::optim::{ModuleOptimizer, SgdConfig};
