@@ -153,6 +153,22 @@ probe_half() {
   done
 }
 
+# Runs a GPU test binary within `limit` seconds into `log`, and appends its exit status, time and
+# results to `report` as markdown.
+tests_into_report() {
+  local bin=$1 limit=$2 log=$3 report=$4 started=$SECONDS
+  timeout "$limit" "$bin" --test-threads 1 > "$log" 2>&1
+  echo "exit status $? after $((SECONDS - started)) s (124: stopped by the time limit)" >> "$report"
+  echo '```' >> "$report"
+  grep -E '^test |test result|panicked' "$log" | head -12 >> "$report"
+  echo '```' >> "$report"
+}
+
+# "A.BCx", the first images/s over the second, or "-" where either is missing.
+speed_ratio() {
+  awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2fx", a / b; else print "-"}'
+}
+
 # One measurement: "images/s|GPU MiB|loader/step" of a bench command (empty fields if it failed).
 measure() {
   local log=$1 limit=$2; shift 2
@@ -267,7 +283,7 @@ run_half() {
     IFS='|' read -r u_ips u_mem _ <<< "$u"
     if [ "$i" = 6 ] && [ "$b" = 64 ]; then rate64=$p_ips; fi
     local ratio composition=""
-    ratio=$(awk -v a="${p_ips:-0}" -v b="${t_ips:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2fx", a / b; else print "-"}')
+    ratio=$(speed_ratio "$p_ips" "$t_ips")
     [ -n "$u" ] && composition="${u_ips:-failed} (${u_mem:--})"
     echo "$i $b| $((i + 1)) | \`$flags\` | $b | ${t_ips:-failed} | ${p_ips:-failed} | $ratio | ${t_mem:--} | ${p_mem:--} | $composition | ${p_ratio:--} |" >> "$rows"
   done
@@ -321,19 +337,10 @@ tune_half() {
     echo
     echo "## 1. GPU tests (default build)"
   } > "$report"
-  timeout 90 /tmp/gpu-tests --test-threads 1 > "$out/gpu-tests.log" 2>&1
-  echo "exit status $? after $((SECONDS - t0)) s" >> "$report"
-  echo '```' >> "$report"
-  grep -E '^test |test result|panicked' "$out/gpu-tests.log" | head -12 >> "$report"
-  echo '```' >> "$report"
+  tests_into_report /tmp/gpu-tests 90 "$out/gpu-tests.log" "$report"
   if [ -x /tmp/gpu-tests-autotune ]; then
-    local started=$SECONDS
     echo "### The autotuning build's GPU tests" >> "$report"
-    timeout "${GPU_CHECK_TUNE_TEST_SECONDS:-150}" /tmp/gpu-tests-autotune --test-threads 1 > "$out/gpu-tests-autotune.log" 2>&1
-    echo "exit status $? after $((SECONDS - started)) s (124: stopped by the time limit)" >> "$report"
-    echo '```' >> "$report"
-    grep -E '^test |test result|panicked' "$out/gpu-tests-autotune.log" | head -12 >> "$report"
-    echo '```' >> "$report"
+    tests_into_report /tmp/gpu-tests-autotune "${GPU_CHECK_TUNE_TEST_SECONDS:-150}" "$out/gpu-tests-autotune.log" "$report"
   fi
   {
     echo
@@ -351,7 +358,7 @@ tune_half() {
     t=$(measure "$out/tune-bench.log" 45 python3 bench/torch_bench.py --device cuda $flags --batch-size "$b" --steps 5 --warmup 2)
     IFS='|' read -r p_ips p_mem _ <<< "$p"
     IFS='|' read -r t_ips t_mem _ <<< "$t"
-    ratio=$(awk -v a="${p_ips:-0}" -v b="${t_ips:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2fx", a / b; else print "-"}')
+    ratio=$(speed_ratio "$p_ips" "$t_ips")
     echo "| $((i + 1)) | $b | ${t_ips:-failed} | ${p_ips:-failed} | $ratio | ${t_mem:--} | ${p_mem:--} |" >> "$report"
   done
   {
