@@ -7,6 +7,7 @@
 #                                   (.git/info/exclude) and travel with the device call as `carry`:
 #                                     .gpu/       pnn and the GPU tests, --features vulkan;
 #                                     .gpu-tune/  the same two with --features vulkan,gpu-autotune;
+#                                     .gpu-fuse/  the same two with --features vulkan,gpu-autotune,gpu-fusion;
 #                                     .gpu-data/  CIFAR-10 (the JPEG archive of ../shared/data);
 #                                     .gl/        the Vulkan loader's Debian packages.
 #   scripts/gpu-check.sh run        on the GPU machine, as one device call, at most about 9 minutes:
@@ -23,7 +24,8 @@
 #                                   Everything lands in $OUT (gpu-check.md and the logs).
 #   scripts/gpu-check.sh probe      a 1-2 minute first look (see probe_half).
 #   scripts/gpu-check.sh profile    kernel-by-kernel GPU time of a step (see profile_half).
-#   scripts/gpu-check.sh tune       burn's autotuning build against the default one (see tune_half).
+#   scripts/gpu-check.sh tune       burn's autotuning builds (with and without burn's fusion) against the
+#                                   default one and PyTorch (see tune_half).
 # Limits of the run half can be set: GPU_CHECK_STEPS (5), GPU_CHECK_TEST_SECONDS (120),
 # GPU_CHECK_BENCH_END (390) and GPU_CHECK_TRAIN_END (520): seconds from the start by which the
 # table stops and the training run is stopped (cleanly, with its checkpoint),
@@ -47,7 +49,8 @@ bundle() {
 
 prepare() {
   set -e
-  # The autotuning build first, so that target/release/pnn is the default build afterwards.
+  # The autotuning builds first, so that target/release/pnn is the default build afterwards.
+  bundle vulkan,gpu-autotune,gpu-fusion .gpu-fuse
   bundle vulkan,gpu-autotune .gpu-tune
   bundle vulkan .gpu
   mkdir -p .gpu-data .gl
@@ -61,7 +64,7 @@ prepare() {
   # The loader, and libglvnd's dispatch libraries that the NVIDIA driver's Vulkan library links
   # against (without them the loader finds the driver's manifest but no adapter).
   (cd .gl && apt-get $o download libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2)
-  du -sh .gpu .gpu-tune .gpu-data .gl
+  du -sh .gpu .gpu-tune .gpu-fuse .gpu-data .gl
   echo "ready: run(command=\"scripts/gpu-check.sh run\", carry=[\".gpu\", \".gpu-data\", \".gl\"], timeout_s=570)"
 }
 
@@ -100,10 +103,11 @@ setup() {
   export PNN_REQUIRE_GPU=1
   # The binaries travel compressed; Python's lzma unpacks them where xz is not installed.
   # /tmp/pnn and /tmp/gpu-tests from .gpu, /tmp/pnn-autotune and /tmp/gpu-tests-autotune from
-  # .gpu-tune, for the folders the call carried.
+  # .gpu-tune, /tmp/pnn-fusion and /tmp/gpu-tests-fusion from .gpu-fuse, for the folders the call
+  # carried.
   local dir bin suffix
-  for dir in .gpu .gpu-tune; do
-    suffix=${dir#.gpu}; suffix=${suffix/-tune/-autotune}
+  for dir in .gpu .gpu-tune .gpu-fuse; do
+    suffix=${dir#.gpu}; suffix=${suffix/-tune/-autotune}; suffix=${suffix/-fuse/-fusion}
     for bin in pnn gpu-tests; do
       [ -f "$dir/$bin.xz" ] || continue
       python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
@@ -315,76 +319,89 @@ run_half() {
   cat "$report"
 }
 
-# burn's autotuning (the gpu-autotune feature) against the default build, about 8 minutes:
-#   run(command="scripts/gpu-check.sh tune", carry=[".gpu", ".gpu-tune", ".gl"], timeout_s=520)
-# 1. the GPU tests of both builds (the autotuning build's tune each new convolution shape first:
-# GPU_CHECK_TUNE_TEST_SECONDS, default 150); 2. the default build and PyTorch on
-# GPU_CHECK_TUNE_TABLE (default commands 8, 1 and 7 at batch 64); 3. the autotuning build on
-# GPU_CHECK_TUNE_ROWS (default commands 1, 7 and 8 at batch 64): each row is retried while time is
-# left (GPU_CHECK_TUNE_END, 470 s from the start), since cubecl writes every tuned kernel choice
-# to its cache on disk as it goes, so a second process starts where the first was stopped.
-# Reports the wall time of each try and the steady images/s once a try finishes.
+# burn's autotuning builds against the default build and PyTorch, about 8 minutes:
+#   run(command="scripts/gpu-check.sh tune", carry=[".gpu-tune", ".gpu-fuse", ".gl"], timeout_s=520)
+# The builds are those whose folders the call carries (the three together are over the 64 MiB a
+# call takes): `default` (.gpu), `autotune` (.gpu-tune: gpu-autotune), `fusion` (.gpu-fuse:
+# gpu-autotune and gpu-fusion, burn's operation fusion).
+# 1. the GPU tests of each build (a tuning build tunes each new kernel shape first:
+# GPU_CHECK_TUNE_TEST_SECONDS, default 150; cubecl's cache on disk is shared by the builds);
+# 2. PyTorch, and the default build if carried, on GPU_CHECK_TUNE_TABLE (default commands 7, 1
+# and 8 at batch 64); 3. each tuning build on GPU_CHECK_TUNE_ROWS (default commands 7 and 1 at
+# batch 64): each row is retried while time is left (GPU_CHECK_TUNE_END, 470 s from the start),
+# since cubecl writes every tuned kernel choice to its cache on disk as it goes, so a second
+# process starts where the first was stopped. Reports the wall time of each try and the steady
+# images/s once a try finishes.
 tune_half() {
   local t0=$SECONDS out=${OUT:-/tmp/gpu-check}
   mkdir -p "$out"
   local report=$out/tune.md
   setup
+  local build builds=() tuned=()
+  [ -x /tmp/pnn ] && builds+=(default)
+  for build in autotune fusion; do
+    [ -x "/tmp/pnn-$build" ] && builds+=("$build") && tuned+=("$build")
+  done
   {
-    echo "# burn's autotune on a GPU (Vulkan), beside the default build and PyTorch (CUDA)"
+    echo "# burn's autotune (and fusion) on a GPU (Vulkan), beside PyTorch (CUDA)"
     echo
     echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
-    echo "- PyTorch $(python3 -c 'import torch; print(torch.__version__)'); started $(date -u +%FT%TZ)"
+    echo "- PyTorch $(python3 -c 'import torch; print(torch.__version__)'); builds: ${builds[*]}; started $(date -u +%FT%TZ)"
     echo
-    echo "## 1. GPU tests (default build)"
+    echo "## 1. GPU tests"
   } > "$report"
-  tests_into_report /tmp/gpu-tests 90 "$out/gpu-tests.log" "$report"
-  if [ -x /tmp/gpu-tests-autotune ]; then
-    echo "### The autotuning build's GPU tests" >> "$report"
-    tests_into_report /tmp/gpu-tests-autotune "${GPU_CHECK_TUNE_TEST_SECONDS:-150}" "$out/gpu-tests-autotune.log" "$report"
-  fi
+  for build in "${builds[@]}"; do
+    local suffix="-$build" limit=${GPU_CHECK_TUNE_TEST_SECONDS:-150}
+    [ "$build" = default ] && suffix="" && limit=90
+    echo "### $build build" >> "$report"
+    tests_into_report "/tmp/gpu-tests$suffix" "$limit" "$out/gpu-tests$suffix.log" "$report"
+  done
   {
     echo
-    echo "## 2. Default build and PyTorch: median of 5 steps after 2 warm-up"
+    echo "## 2. PyTorch and the default build: median of 5 steps after 2 warm-up"
     echo
     echo "| # | batch | PyTorch images/s | pnn images/s | pnn / PyTorch | PyTorch GPU MiB | pnn GPU MiB |"
     echo "|---|---|---|---|---|---|---|"
   } >> "$report"
   local spec specs
-  IFS=, read -ra specs <<< "${GPU_CHECK_TUNE_TABLE:-7:64,0:64,6:64}"
+  IFS=, read -ra specs <<< "${GPU_CHECK_TUNE_TABLE:-6:64,0:64,7:64}"
   for spec in "${specs[@]}"; do
-    local i=${spec%:*} b=${spec#*:} p t p_ips p_mem t_ips t_mem ratio
+    local i=${spec%:*} b=${spec#*:} p="" t p_ips p_mem t_ips t_mem ratio
     local flags=${commands[$i]}
-    p=$(measure "$out/tune-bench.log" 45 /tmp/pnn bench --device vulkan $flags --batch-size "$b" --steps 5 --warmup 2)
+    [ -x /tmp/pnn ] && p=$(measure "$out/tune-bench.log" 45 /tmp/pnn bench --device vulkan $flags --batch-size "$b" --steps 5 --warmup 2)
     t=$(measure "$out/tune-bench.log" 45 python3 bench/torch_bench.py --device cuda $flags --batch-size "$b" --steps 5 --warmup 2)
     IFS='|' read -r p_ips p_mem _ <<< "$p"
     IFS='|' read -r t_ips t_mem _ <<< "$t"
     ratio=$(speed_ratio "$p_ips" "$t_ips")
-    echo "| $((i + 1)) | $b | ${t_ips:-failed} | ${p_ips:-failed} | $ratio | ${t_mem:--} | ${p_mem:--} |" >> "$report"
+    echo "| $((i + 1)) | $b | ${t_ips:-failed} | ${p_ips:-not carried} | $ratio | ${t_mem:--} | ${p_mem:--} |" >> "$report"
   done
   {
     echo
     echo "(after $((SECONDS - t0)) s)"
     echo
-    echo "## 3. Autotuning build (gpu-autotune): tries of one process each, median of 5 steps after 3 warm-up"
+    echo "## 3. Tuning builds: tries of one process each, median of 5 steps after 3 warm-up"
     echo
-    echo "| # | batch | try | exit | wall s | images/s |"
-    echo "|---|---|---|---|---|---|"
+    echo "| # | batch | build | try | exit | wall s | images/s | GPU MiB |"
+    echo "|---|---|---|---|---|---|---|---|"
   } >> "$report"
   local tune_end=${GPU_CHECK_TUNE_END:-470}
-  IFS=, read -ra specs <<< "${GPU_CHECK_TUNE_ROWS:-0:64,6:64,7:64}"
+  IFS=, read -ra specs <<< "${GPU_CHECK_TUNE_ROWS:-6:64,0:64}"
   for spec in "${specs[@]}"; do
-    local i=${spec%:*} b=${spec#*:} try=1
+    local i=${spec%:*} b=${spec#*:}
     local flags=${commands[$i]}
-    while :; do
-      local left=$((t0 + tune_end - SECONDS))
-      [ "$left" -lt 20 ] && break
-      local limit=$((left < 180 ? left : 180)) start=$SECONDS o rc
-      o=$(timeout "$limit" /tmp/pnn-autotune bench --device vulkan $flags --batch-size "$b" --steps 5 --warmup 3 2>&1)
-      rc=$?
-      { echo "\$ pnn-autotune bench $flags --batch-size $b (try $try)"; echo "$o"; echo; } >> "$out/tune-bench.log"
-      echo "| $((i + 1)) | $b | $try | $rc | $((SECONDS - start)) | $(awk '/training step:/ {print $3}' <<< "$o") |" >> "$report"
-      [ "$rc" = 0 ] && break
-      try=$((try + 1))
+    for build in "${tuned[@]}"; do
+      local try=1
+      while :; do
+        local left=$((t0 + tune_end - SECONDS))
+        [ "$left" -lt 20 ] && break
+        local limit=$((left < 180 ? left : 180)) start=$SECONDS o rc
+        o=$(with_gpu_memory timeout "$limit" "/tmp/pnn-$build" bench --device vulkan $flags --batch-size "$b" --steps 5 --warmup 3 2>&1)
+        rc=$(grep -q 'training step:' <<< "$o" && echo 0 || echo 1)
+        { echo "\$ pnn-$build bench $flags --batch-size $b (try $try)"; echo "$o"; echo; } >> "$out/tune-bench.log"
+        echo "| $((i + 1)) | $b | $build | $try | $rc | $((SECONDS - start)) | $(awk '/training step:/ {print $3}' <<< "$o") | $(awk '/gpu-peak-mib:/ {print $2}' <<< "$o") |" >> "$report"
+        [ "$rc" = 0 ] && break
+        try=$((try + 1))
+      done
     done
   done
   echo >> "$report"

@@ -149,7 +149,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Where to compute: auto (a GPU if this pnn was built with one and one answers, else the CPU),
-    /// cpu, vulkan[:N] or cuda[:N] (GPU ones need a binary built with that feature).
+    /// cpu, vulkan[:N], cuda[:N] or wgpu[:N] (GPU ones need a binary built with that feature).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Train even when the memory estimate says the run will not fit.

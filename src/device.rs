@@ -1,10 +1,10 @@
-//! Choosing where tensors live: `--device cpu | vulkan[:N] | cuda[:N]`.
+//! Choosing where tensors live: `--device cpu | vulkan[:N] | cuda[:N] | wgpu[:N]`.
 //!
 //! `auto` (the default) takes a GPU when the binary was built with a GPU feature and a GPU
 //! answers, and the CPU otherwise; the choice is printed and recorded in every result file.
 //!
 //! The CPU backend (burn's `flex`) is always built. The GPU backends are cargo features, built
-//! only when asked for (`--features vulkan`, `--features cuda`), because they triple the build
+//! only when asked for (`--features vulkan`, `--features cuda`, `--features wgpu`), because they triple the build
 //! time and `cuda`'s build script needs to download an LLVM bundle.
 
 use anyhow::{Result, bail};
@@ -50,13 +50,18 @@ impl Backend {
                 "the Vulkan loader (libvulkan1) and the GPU driver's Vulkan support",
             ),
             "cuda" => opened(cuda(index)?, "CUDA", "the NVIDIA driver"),
-            other => bail!("--device {other} is unknown: use auto, cpu, vulkan[:N] or cuda[:N]"),
+            "wgpu" => opened(
+                wgpu(index)?,
+                "wgpu",
+                "a graphics driver with Vulkan, Metal or DX12 (on Linux: libvulkan1 and the driver's Vulkan support)",
+            ),
+            other => bail!("--device {other} is unknown: use auto, cpu, vulkan[:N], cuda[:N] or wgpu[:N]"),
         }
     }
 
     /// The first GPU that answers a small computation (CUDA, then a discrete, then an
-    /// integrated Vulkan GPU; a CPU-emulated Vulkan device such as llvmpipe is never taken), or
-    /// the CPU.
+    /// integrated Vulkan GPU, then the same through wgpu's WGSL; a CPU-emulated device such as
+    /// Mesa's llvmpipe is never taken: `--device wgpu` asks for it), or the CPU.
     pub fn auto() -> Self {
         let mut candidates: Vec<Box<dyn Fn() -> Result<Backend>>> = Vec::new();
         if cfg!(feature = "cuda") {
@@ -65,6 +70,10 @@ impl Backend {
         if cfg!(feature = "vulkan") {
             candidates.push(Box::new(|| vulkan_kind(GpuKind::Discrete)));
             candidates.push(Box::new(|| vulkan_kind(GpuKind::Integrated)));
+        }
+        if cfg!(feature = "wgpu") {
+            candidates.push(Box::new(|| wgpu_kind(GpuKind::Discrete)));
+            candidates.push(Box::new(|| wgpu_kind(GpuKind::Integrated)));
         }
         for candidate in candidates {
             if let Ok(backend) = candidate()
@@ -188,6 +197,44 @@ fn vulkan(index: Option<usize>) -> Result<Backend> {
 fn vulkan(_index: Option<usize>) -> Result<Backend> {
     bail!(
         "this pnn was built without GPU support: rebuild with `cargo build --release --features vulkan` to use --device vulkan"
+    )
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_kind(kind: GpuKind) -> Result<Backend> {
+    use burn::tensor::DeviceKind;
+    let kind = match kind {
+        GpuKind::Discrete => DeviceKind::DiscreteGpu(0),
+        GpuKind::Integrated => DeviceKind::IntegratedGpu(0),
+    };
+    Ok(Backend {
+        device: Device::wgpu(kind.clone()),
+        name: format!("wgpu ({kind:?}, WGSL){GPU_KERNELS}"),
+    })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_kind(_kind: GpuKind) -> Result<Backend> {
+    wgpu(None)
+}
+
+/// `wgpu` without a number is wgpu's own choice of adapter: a GPU where there is one, else a
+/// CPU-emulated one (Mesa's llvmpipe), which is how the GPU tests run on a machine without a GPU.
+#[cfg(feature = "wgpu")]
+fn wgpu(index: Option<usize>) -> Result<Backend> {
+    use burn::tensor::DeviceKind;
+    let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
+    let name = format!("wgpu ({kind:?}, WGSL){GPU_KERNELS}");
+    Ok(Backend {
+        device: Device::wgpu(kind),
+        name,
+    })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu(_index: Option<usize>) -> Result<Backend> {
+    bail!(
+        "this pnn was built without wgpu support: rebuild with `cargo build --release --features wgpu` to use --device wgpu"
     )
 }
 

@@ -114,7 +114,7 @@ enum Command {
         #[arg(long, default_value = "results/reproduce")]
         out: PathBuf,
         /// auto (a GPU if this pnn was built with one and one answers, else the CPU), cpu,
-        /// vulkan[:N] or cuda[:N].
+        /// vulkan[:N], cuda[:N] or wgpu[:N].
         #[arg(long, default_value = "auto")]
         device: String,
         /// Never download CIFAR-10.

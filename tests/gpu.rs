@@ -1,18 +1,23 @@
 //! The GPU backend against the CPU: the same models, with the same weights and inputs, give the
-//! same loss, outputs and gradients on `--device vulkan` as on the CPU. On the GPU every layer
+//! same loss, outputs and gradients on the GPU as on the CPU. On the GPU every layer
 //! runs burn's own operations (the perturbation layer as the reference's composition), on the
 //! CPU pnn's hand-written ones (the fused perturbation layer), so this also checks one against
 //! the other on real hardware.
 //!
-//! Built only with `--features vulkan`; without a Vulkan device each test prints why it did
-//! not run and passes, unless `PNN_REQUIRE_GPU=1` (as `scripts/gpu-check.sh` sets on the GPU
-//! machine) makes a missing device a failure.
+//! Built only with a GPU feature (`vulkan`, `wgpu` or `cuda`). The device is `PNN_TEST_DEVICE`
+//! (a `--device` value), else the build's first of vulkan, cuda, wgpu. Without that device each
+//! test prints why it did not run and passes, unless `PNN_REQUIRE_GPU=1` (as
+//! `scripts/gpu-check.sh` sets on the GPU machine) makes a missing device a failure.
+//!
+//! A `--features wgpu` build runs these on a machine without a GPU through Mesa's CPU Vulkan
+//! driver (lavapipe: `.ci/gpu-tests` installs it), which is how the kernels are checked here
+//! between GPU sessions.
 
-#[cfg(feature = "vulkan")]
+#[cfg(feature = "gpu")]
 mod common;
 
-#[cfg(feature = "vulkan")]
-mod on_vulkan {
+#[cfg(feature = "gpu")]
+mod on_gpu {
     use super::common::fused_check::{
         Reference, activation_cases, check, check_against, mask_layout_cases, tile_cases,
     };
@@ -24,9 +29,23 @@ mod on_vulkan {
     use pnn::device::Backend;
     use pnn::models::{self, Geometry};
 
-    /// The Vulkan device, or why there is none (a missing loader or driver panics inside wgpu).
-    fn vulkan() -> Option<Device> {
-        match Backend::parse("vulkan") {
+    /// The device under test: `PNN_TEST_DEVICE`, else the build's first GPU feature.
+    fn device_spec() -> String {
+        std::env::var("PNN_TEST_DEVICE").unwrap_or_else(|_| {
+            let built = if cfg!(feature = "vulkan") {
+                "vulkan"
+            } else if cfg!(feature = "cuda") {
+                "cuda"
+            } else {
+                "wgpu"
+            };
+            built.to_string()
+        })
+    }
+
+    /// The GPU, or why there is none (a missing loader or driver panics inside wgpu).
+    fn gpu_device() -> Option<Device> {
+        match Backend::parse(&device_spec()) {
             Ok(backend) => Some(backend.device),
             Err(e) if std::env::var("PNN_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
                 panic!("{e:#}, and PNN_REQUIRE_GPU=1 says there must be one")
@@ -51,7 +70,7 @@ mod on_vulkan {
             .zip(cpu)
             .enumerate()
             .filter(|(_, (g, c))| (*g - *c).abs() > tolerance * scale)
-            .map(|(i, (g, c))| format!("[{i}] vulkan {g} vs cpu {c}"))
+            .map(|(i, (g, c))| format!("[{i}] gpu {g} vs cpu {c}"))
             .collect();
         assert!(
             off.len() <= outliers,
@@ -72,7 +91,7 @@ mod on_vulkan {
     /// One training step's loss, logits and input gradient of a model given by its flags, on
     /// both devices, from the same weights (built on the CPU, then moved).
     fn compare(flags: &str, batch: usize) {
-        let Some(gpu) = vulkan() else { return };
+        let Some(gpu) = gpu_device() else { return };
         let args = TrainArgs::parse_flags(flags.split_whitespace()).unwrap();
         let config = args.to_config().unwrap();
         let geometry = Geometry {
@@ -122,7 +141,7 @@ mod on_vulkan {
     /// tests/fused.rs. (GPU exp and tanh round differently from the CPU's: a looser tolerance.)
     #[test]
     fn fused_kernels_match_the_composition_on_the_gpu() {
-        let Some(gpu) = vulkan() else { return };
+        let Some(gpu) = gpu_device() else { return };
         for (case, seed) in mask_layout_cases()
             .into_iter()
             .chain(activation_cases())
@@ -135,7 +154,7 @@ mod on_vulkan {
     /// The same cases against the CPU's fused loops (no GPU convolution involved).
     #[test]
     fn fused_kernels_match_the_cpu_kernels() {
-        let Some(gpu) = vulkan() else { return };
+        let Some(gpu) = gpu_device() else { return };
         for (case, seed) in mask_layout_cases()
             .into_iter()
             .chain(activation_cases())
@@ -168,8 +187,10 @@ mod on_vulkan {
     }
 }
 
-#[cfg(not(feature = "vulkan"))]
+#[cfg(not(feature = "gpu"))]
 #[test]
-fn gpu_tests_need_the_vulkan_feature() {
-    eprintln!("skipped: this test binary was built without --features vulkan (scripts/gpu-check.sh builds it)");
+fn gpu_tests_need_a_gpu_feature() {
+    eprintln!(
+        "skipped: this test binary was built without a GPU feature (vulkan, wgpu or cuda; scripts/gpu-check.sh builds one)"
+    );
 }

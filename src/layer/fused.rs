@@ -61,11 +61,11 @@ impl FusedAct {
         }
     }
 
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         self as u8
     }
 
-    fn from_code(code: u8) -> Self {
+    pub(crate) fn from_code(code: u8) -> Self {
         [
             Self::Identity,
             Self::Relu,
@@ -122,7 +122,7 @@ fn use_linear_path(act: FusedAct, g: &Geometry) -> bool {
     act == FusedAct::Identity && !general && kernels::linear_applies(g)
 }
 
-#[backend_extension(Flex, Cube: cfg(any(feature = "vulkan", feature = "cuda")), Autodiff)]
+#[backend_extension(Flex, Cube: cfg(feature = "gpu"), Autodiff)]
 pub trait PerturbOps: burn::backend::Backend {
     /// `b + W * act(x + level * noise)` as described in the module documentation.
     /// x [N, C, H, W]; noise [1, C or 1, M, H, W]; weight [O, Kg, 1, 1]; bias [O].
@@ -231,7 +231,9 @@ impl FusedKernels for Flex {
     }
 }
 
-#[cfg(any(feature = "vulkan", feature = "cuda"))]
+/// burn's cubecl backend (fused by burn in a `gpu-fusion` build): the kernels of `fused_gpu.rs`,
+/// through the extension of `fused_cube.rs`.
+#[cfg(feature = "gpu")]
 impl FusedKernels for burn::backend::Cube {
     fn fused_forward(
         x: FloatTensor<Self>,
@@ -241,7 +243,8 @@ impl FusedKernels for burn::backend::Cube {
         level: f32,
         act: FusedAct,
     ) -> FloatTensor<Self> {
-        super::fused_gpu::forward(x, noise, weight, bias, level, act)
+        use super::fused_cube::CubePerturbOps;
+        Self::cube_perturb_forward(x, noise, weight, bias, level, act.code())
     }
 
     fn fused_backward(
@@ -253,12 +256,23 @@ impl FusedKernels for burn::backend::Cube {
         act: FusedAct,
         need_noise: bool,
     ) -> FusedGrads<Self> {
-        let d = super::fused_gpu::backward(x, noise, weight, grad, level, act, need_noise);
+        use super::fused_cube::CubePerturbOps;
+        let noise_grad = need_noise.then(|| {
+            Self::cube_perturb_noise_grad(
+                x.clone(),
+                noise.clone(),
+                weight.clone(),
+                grad.clone(),
+                level,
+                act.code(),
+            )
+        });
+        let (dx, dweight, dbias) = Self::cube_perturb_input_grads(x, noise, weight, grad, level, act.code());
         FusedGrads {
-            x: d.x,
-            noise: d.noise,
-            weight: d.weight,
-            bias: d.bias,
+            x: dx,
+            noise: noise_grad,
+            weight: dweight,
+            bias: dbias,
         }
     }
 }
@@ -357,7 +371,7 @@ pub fn available(device: &Device) -> bool {
 /// Whether the fused perturbation layer runs on this device: flex's loops on the CPU, the
 /// CubeCL kernels on a GPU (in a build with a GPU feature), unless `PNN_UNFUSED=1`.
 pub fn perturb_available(device: &Device) -> bool {
-    available(device) || (cfg!(any(feature = "vulkan", feature = "cuda")) && !unfused() && *device != Device::flex())
+    available(device) || (cfg!(feature = "gpu") && !unfused() && *device != Device::flex())
 }
 
 fn unfused() -> bool {

@@ -109,6 +109,23 @@ fn back_to_map(weight: &Tensor<f32>, dy: &Tensor<f32>, s: &Sizes, n: usize, k: u
     sum
 }
 
+/// What map k's perturbed value at (n, p) contributes to the gradient of its input and of its
+/// mask value: `act'(perturbed) * back_to_map` (the chain rule through the activation).
+#[cube]
+fn map_gradient(
+    x: &Tensor<f32>,
+    noise: &Tensor<f32>,
+    weight: &Tensor<f32>,
+    dy: &Tensor<f32>,
+    s: &Sizes,
+    n: usize,
+    k: usize,
+    p: usize,
+    #[comptime] act: FusedAct,
+) -> f32 {
+    derivative(perturbed(x, noise, s, n, k, p), act) * back_to_map(weight, dy, s, n, k, p)
+}
+
 #[cube(launch)]
 fn forward_kernel(
     x: &Tensor<f32>,
@@ -155,15 +172,14 @@ fn grad_x_kernel(
     let n = nc / s.channels;
     let mut sum = 0.0f32;
     for m in 0..s.masks {
-        let k = c * s.masks + m;
-        let d = derivative(perturbed(x, noise, &s, n, k, p), act);
-        sum += d * back_to_map(weight, dy, &s, n, k, p);
+        sum += map_gradient(x, noise, weight, dy, &s, n, c * s.masks + m, p, act);
     }
     dx[pos] = sum;
 }
 
 /// The mask gradient's first stage: chunk `q` of the (sample, channel) pairs that read mask value
-/// `v` sums into `partial[q, v]`. One thread per mask value alone left each thread the whole batch
+/// `v` sums into `partial[q, v]`. `readers`: the input channels that read each mask channel (1 for
+/// unique masks, all of them for shared ones). One thread per mask value alone left each thread the whole batch
 /// (times every channel, for shared masks): at the last stage of a network that is a few thousand
 /// threads with tens of thousands of terms each, and the GPU sat mostly idle.
 #[cube(launch)]
@@ -174,6 +190,7 @@ fn grad_noise_partial_kernel(
     dy: &Tensor<f32>,
     partial: &mut Tensor<f32>,
     batch: usize,
+    readers: usize,
     chunk_len: usize,
     s: Sizes,
     #[comptime] act: FusedAct,
@@ -188,14 +205,9 @@ fn grad_noise_partial_kernel(
     let p = v % s.hw;
     let cm = v / s.hw;
     let m = cm % s.masks;
-    let noise_channel = cm / s.masks;
-    // Shared masks: every input channel reads mask channel 0.
-    let mut first = noise_channel;
-    let mut readers = 1;
-    if s.noise_channel_stride == 0 {
-        first = 0;
-        readers = s.channels;
-    }
+    // The first input channel that reads this mask channel (shared masks have one, channel 0,
+    // which every input channel reads).
+    let first = cm / s.masks;
     let pairs = batch * readers;
     let start = q * chunk_len;
     let mut end = start + chunk_len;
@@ -207,8 +219,7 @@ fn grad_noise_partial_kernel(
     while i < end {
         let n = i / readers;
         let k = (first + i % readers) * s.masks + m;
-        let d = derivative(perturbed(x, noise, &s, n, k, p), act);
-        sum += d * back_to_map(weight, dy, &s, n, k, p);
+        sum += map_gradient(x, noise, weight, dy, &s, n, k, p, act);
         i += 1;
     }
     partial[pos] = sum;
@@ -362,23 +373,15 @@ pub fn forward(
     out
 }
 
-/// Gradients of one call: for x, the masks (when asked for), the weights and the bias.
-pub struct Grads {
-    pub x: CubeTensor,
-    pub noise: Option<CubeTensor>,
-    pub weight: CubeTensor,
-    pub bias: CubeTensor,
-}
-
-pub fn backward(
+/// The gradients of x, the weight and the bias, from the output's gradient `dy`.
+pub fn input_grads(
     x: CubeTensor,
     noise: CubeTensor,
     weight: CubeTensor,
     dy: CubeTensor,
     level: f32,
     act: FusedAct,
-    need_noise: bool,
-) -> Grads {
+) -> (CubeTensor, CubeTensor, CubeTensor) {
     let [x, noise, weight, dy] = [x, noise, weight, dy].map(f32_contiguous);
     let (n, s) = sizes(&x, &noise, &weight, level);
     let x_shape = x.meta.shape().clone();
@@ -399,42 +402,6 @@ pub fn backward(
         act,
     );
 
-    let dnoise = need_noise.then(|| {
-        let shape = noise.meta.shape().clone();
-        let values = shape.num_elements();
-        // (sample, channel) pairs that read each mask value: every channel, for shared masks.
-        let readers = if noise.meta.shape()[1] == 1 { x_shape[1] } else { 1 };
-        let (chunks, chunk_len) = noise_chunks(values, n * readers);
-        let partial = empty_like(&x, Shape::new([chunks, values]));
-        let (count, dim) = elementwise(&x, chunks * values);
-        grad_noise_partial_kernel::launch(
-            &x.client,
-            count,
-            dim,
-            x.clone().into_tensor_arg(),
-            noise.clone().into_tensor_arg(),
-            weight.clone().into_tensor_arg(),
-            dy.clone().into_tensor_arg(),
-            partial.clone().into_tensor_arg(),
-            n,
-            chunk_len,
-            s(),
-            act,
-        );
-        let dnoise = empty_like(&x, shape);
-        let (count, dim) = elementwise(&x, values);
-        sum_chunks_kernel::launch(
-            &x.client,
-            count,
-            dim,
-            partial.into_tensor_arg(),
-            dnoise.clone().into_tensor_arg(),
-            chunks,
-            level,
-        );
-        dnoise
-    });
-
     let dweight = empty_like(&x, weight.meta.shape().clone());
     let dbias = empty_like(&x, Shape::new([o]));
     grad_weight_kernel::launch(
@@ -451,10 +418,52 @@ pub fn backward(
         act,
         REDUCE_UNITS as usize,
     );
-    Grads {
-        x: dx,
-        noise: dnoise,
-        weight: dweight,
-        bias: dbias,
-    }
+    (dx, dweight, dbias)
+}
+
+/// The masks' gradient (trainable masks), from the output's gradient `dy`.
+pub fn noise_grad(
+    x: CubeTensor,
+    noise: CubeTensor,
+    weight: CubeTensor,
+    dy: CubeTensor,
+    level: f32,
+    act: FusedAct,
+) -> CubeTensor {
+    let [x, noise, weight, dy] = [x, noise, weight, dy].map(f32_contiguous);
+    let (n, s) = sizes(&x, &noise, &weight, level);
+    let shape = noise.meta.shape().clone();
+    let values = shape.num_elements();
+    // (sample, channel) pairs that read each mask value: every channel, for shared masks.
+    let readers = if shape[1] == 1 { x.meta.shape()[1] } else { 1 };
+    let (chunks, chunk_len) = noise_chunks(values, n * readers);
+    let partial = empty_like(&x, Shape::new([chunks, values]));
+    let (count, dim) = elementwise(&x, chunks * values);
+    grad_noise_partial_kernel::launch(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_tensor_arg(),
+        noise.into_tensor_arg(),
+        weight.into_tensor_arg(),
+        dy.into_tensor_arg(),
+        partial.clone().into_tensor_arg(),
+        n,
+        readers,
+        chunk_len,
+        s(),
+        act,
+    );
+    let dnoise = empty_like(&x, shape);
+    let (count, dim) = elementwise(&x, values);
+    sum_chunks_kernel::launch(
+        &x.client,
+        count,
+        dim,
+        partial.into_tensor_arg(),
+        dnoise.clone().into_tensor_arg(),
+        chunks,
+        level,
+    );
+    dnoise
 }

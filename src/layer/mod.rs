@@ -11,7 +11,9 @@ pub mod conv_cpu;
 pub mod flex_tensor;
 pub mod fused;
 pub mod fused_cpu;
-#[cfg(any(feature = "vulkan", feature = "cuda"))]
+#[cfg(feature = "gpu")]
+pub mod fused_cube;
+#[cfg(feature = "gpu")]
 pub mod fused_gpu;
 pub mod lanes;
 pub mod maxpool_cpu;
