@@ -67,13 +67,10 @@ impl Backend {
         if cfg!(feature = "cuda") {
             candidates.push(Box::new(|| cuda(None)));
         }
-        if cfg!(feature = "vulkan") {
-            candidates.push(Box::new(|| vulkan_kind(GpuKind::Discrete)));
-            candidates.push(Box::new(|| vulkan_kind(GpuKind::Integrated)));
-        }
-        if cfg!(feature = "wgpu") {
-            candidates.push(Box::new(|| wgpu_kind(GpuKind::Discrete)));
-            candidates.push(Box::new(|| wgpu_kind(GpuKind::Integrated)));
+        for api in [WgpuApi::Vulkan, WgpuApi::Wgsl].into_iter().filter(|api| api.built()) {
+            for adapter in [Adapter::FirstDiscrete, Adapter::FirstIntegrated] {
+                candidates.push(Box::new(move || wgpu_backed(api, adapter)));
+            }
         }
         for candidate in candidates {
             if let Ok(backend) = candidate()
@@ -158,84 +155,89 @@ pub const AUTOTUNE_NOTE: Option<&str> = if cfg!(feature = "gpu-autotune") {
     None
 };
 
-#[allow(dead_code)] // only the GPU builds construct these
-enum GpuKind {
-    Discrete,
-    Integrated,
+/// Which adapter of a wgpu-backed API to open.
+#[allow(dead_code)] // only the GPU builds construct some of these
+#[derive(Clone, Copy)]
+enum Adapter {
+    /// `--device vulkan:N` (the N-th discrete GPU), or without a number the API's own choice.
+    Numbered(Option<usize>),
+    /// For `auto`: the first discrete GPU, then the first integrated one.
+    FirstDiscrete,
+    FirstIntegrated,
 }
 
-#[cfg(feature = "vulkan")]
-fn vulkan_kind(kind: GpuKind) -> Result<Backend> {
-    use burn::tensor::DeviceKind;
-    let kind = match kind {
-        GpuKind::Discrete => DeviceKind::DiscreteGpu(0),
-        GpuKind::Integrated => DeviceKind::IntegratedGpu(0),
-    };
-    Ok(Backend {
-        device: Device::vulkan(kind.clone()),
-        name: format!("vulkan ({kind:?}){GPU_KERNELS}"),
-    })
+/// The two ways pnn reaches burn's wgpu backend.
+#[derive(Clone, Copy, PartialEq)]
+enum WgpuApi {
+    /// `--features vulkan`: pinned to Vulkan, with cubecl's SPIR-V compiler.
+    Vulkan,
+    /// `--features wgpu`: WGSL shaders on whatever API the machine has. Its own choice of adapter
+    /// is a GPU where there is one, else a CPU-emulated one (Mesa's llvmpipe), which is how the
+    /// GPU tests run on a machine without a GPU.
+    Wgsl,
 }
 
-#[cfg(not(feature = "vulkan"))]
-fn vulkan_kind(_kind: GpuKind) -> Result<Backend> {
-    vulkan(None)
+impl WgpuApi {
+    /// The cargo feature, and the `--device` kind.
+    fn feature(self) -> &'static str {
+        match self {
+            Self::Vulkan => "vulkan",
+            Self::Wgsl => "wgpu",
+        }
+    }
+
+    fn built(self) -> bool {
+        match self {
+            Self::Vulkan => cfg!(feature = "vulkan"),
+            Self::Wgsl => cfg!(feature = "wgpu"),
+        }
+    }
 }
 
-#[cfg(feature = "vulkan")]
 fn vulkan(index: Option<usize>) -> Result<Backend> {
-    use burn::tensor::DeviceKind;
-    let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
-    let name = format!("vulkan ({kind:?}){GPU_KERNELS}");
-    Ok(Backend {
-        device: Device::vulkan(kind),
-        name,
-    })
+    wgpu_backed(WgpuApi::Vulkan, Adapter::Numbered(index))
 }
 
-#[cfg(not(feature = "vulkan"))]
-fn vulkan(_index: Option<usize>) -> Result<Backend> {
-    bail!(
-        "this pnn was built without GPU support: rebuild with `cargo build --release --features vulkan` to use --device vulkan"
-    )
-}
-
-#[cfg(feature = "wgpu")]
-fn wgpu_kind(kind: GpuKind) -> Result<Backend> {
-    use burn::tensor::DeviceKind;
-    let kind = match kind {
-        GpuKind::Discrete => DeviceKind::DiscreteGpu(0),
-        GpuKind::Integrated => DeviceKind::IntegratedGpu(0),
-    };
-    Ok(Backend {
-        device: Device::wgpu(kind.clone()),
-        name: format!("wgpu ({kind:?}, WGSL){GPU_KERNELS}"),
-    })
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn wgpu_kind(_kind: GpuKind) -> Result<Backend> {
-    wgpu(None)
-}
-
-/// `wgpu` without a number is wgpu's own choice of adapter: a GPU where there is one, else a
-/// CPU-emulated one (Mesa's llvmpipe), which is how the GPU tests run on a machine without a GPU.
-#[cfg(feature = "wgpu")]
 fn wgpu(index: Option<usize>) -> Result<Backend> {
-    use burn::tensor::DeviceKind;
-    let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
-    let name = format!("wgpu ({kind:?}, WGSL){GPU_KERNELS}");
-    Ok(Backend {
-        device: Device::wgpu(kind),
-        name,
-    })
+    wgpu_backed(WgpuApi::Wgsl, Adapter::Numbered(index))
 }
 
-#[cfg(not(feature = "wgpu"))]
-fn wgpu(_index: Option<usize>) -> Result<Backend> {
-    bail!(
-        "this pnn was built without wgpu support: rebuild with `cargo build --release --features wgpu` to use --device wgpu"
-    )
+/// A device of burn's wgpu backend through `api`, or why this binary has none.
+#[cfg_attr(not(any(feature = "vulkan", feature = "wgpu")), allow(unused_variables))]
+fn wgpu_backed(api: WgpuApi, adapter: Adapter) -> Result<Backend> {
+    let feature = api.feature();
+    if !api.built() {
+        bail!(
+            "this pnn was built without {feature} support: rebuild with `cargo build --release --features {feature}` \
+             to use --device {feature}"
+        );
+    }
+    #[cfg(any(feature = "vulkan", feature = "wgpu"))]
+    {
+        use burn::tensor::DeviceKind;
+        let kind = match adapter {
+            Adapter::Numbered(index) => index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu),
+            Adapter::FirstDiscrete => DeviceKind::DiscreteGpu(0),
+            Adapter::FirstIntegrated => DeviceKind::IntegratedGpu(0),
+        };
+        let shaders = if api == WgpuApi::Wgsl { ", WGSL" } else { "" };
+        let name = format!("{feature} ({kind:?}{shaders}){GPU_KERNELS}");
+        #[cfg(feature = "vulkan")]
+        if api == WgpuApi::Vulkan {
+            return Ok(Backend {
+                device: Device::vulkan(kind),
+                name,
+            });
+        }
+        #[cfg(feature = "wgpu")]
+        if api == WgpuApi::Wgsl {
+            return Ok(Backend {
+                device: Device::wgpu(kind),
+                name,
+            });
+        }
+    }
+    unreachable!("{feature} is built in (checked above)")
 }
 
 #[cfg(feature = "cuda")]

@@ -229,3 +229,27 @@ fn info_prints_the_reference_model_size_line() {
         "{stdout}"
     );
 }
+
+/// A GPU device asked of a binary built without that GPU feature names the feature to build with.
+#[test]
+fn a_gpu_device_without_its_build_feature_says_how_to_build_it() {
+    for (device, built) in [
+        ("vulkan", cfg!(feature = "vulkan")),
+        ("wgpu:0", cfg!(feature = "wgpu")),
+        ("cuda", cfg!(feature = "cuda")),
+    ] {
+        if built {
+            continue;
+        }
+        let feature = device.split(':').next().unwrap();
+        let e = pnn::device::Backend::parse(device).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("--features {feature}")) && e.contains(&format!("--device {feature}")),
+            "{device}: {e}"
+        );
+    }
+    let e = pnn::device::Backend::parse("metal").unwrap_err().to_string();
+    assert!(e.contains("wgpu[:N]") && e.contains("vulkan[:N]"), "{e}");
+    let e = pnn::device::Backend::parse("wgpu:first").unwrap_err().to_string();
+    assert!(e.contains("GPU number"), "{e}");
+}
