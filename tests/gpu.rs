@@ -22,6 +22,7 @@ mod on_gpu {
         Reference, activation_cases, check, check_against, mask_layout_cases, tile_cases,
     };
     use super::common::gpu_models::gpu_model;
+    use super::common::rng_lock;
     use burn::module::Module;
     use burn::nn::loss::CrossEntropyLoss;
     use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
@@ -92,6 +93,9 @@ mod on_gpu {
     /// both devices, from the same weights (built on the CPU, then moved).
     fn compare(flags: &str, batch: usize) {
         let Some(gpu) = gpu_device() else { return };
+        // Both models must get the same draws from the CPU's generator, which the other tests
+        // of this binary, running in parallel, also seed and draw from.
+        let _rng = rng_lock();
         let args = TrainArgs::parse_flags(flags.split_whitespace()).unwrap();
         let config = args.to_config().unwrap();
         let geometry = Geometry {
@@ -142,6 +146,7 @@ mod on_gpu {
     #[test]
     fn fused_kernels_match_the_composition_on_the_gpu() {
         let Some(gpu) = gpu_device() else { return };
+        let _rng = rng_lock();
         for (case, seed) in mask_layout_cases()
             .into_iter()
             .chain(activation_cases())
@@ -155,6 +160,7 @@ mod on_gpu {
     #[test]
     fn fused_kernels_match_the_cpu_kernels() {
         let Some(gpu) = gpu_device() else { return };
+        let _rng = rng_lock();
         for (case, seed) in mask_layout_cases()
             .into_iter()
             .chain(activation_cases())
