@@ -21,7 +21,9 @@ fi
 [[ ${1:-} == "--" ]] && shift
 
 have_lavapipe() {
-  ls /usr/share/vulkan/icd.d/lvp_icd*.json > /dev/null 2>&1 && ldconfig -p | grep -q 'libvulkan\.so\.1'
+  # (ldconfig is in /sbin, which a user's PATH may not hold.)
+  ls /usr/share/vulkan/icd.d/lvp_icd*.json > /dev/null 2>&1 &&
+    { ldconfig -p 2> /dev/null || /sbin/ldconfig -p; } | grep -q 'libvulkan\.so\.1'
 }
 
 if ! have_lavapipe; then
