@@ -4,8 +4,8 @@
 //! answers, and the CPU otherwise; the choice is printed and recorded in every result file.
 //!
 //! The CPU backend (burn's `flex`) is always built. The GPU backends are cargo features, built
-//! only when asked for (`--features vulkan`, `--features cuda`, `--features wgpu`), because they triple the build
-//! time and `cuda`'s build script needs to download an LLVM bundle.
+//! only when asked for (`--features vulkan`, `--features cuda`, `--features wgpu`), because
+//! they triple the build time and `cuda`'s build script needs to download an LLVM bundle.
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;

@@ -10,7 +10,7 @@
 //! `scripts/gpu-check.sh` sets on the GPU machine) makes a missing device a failure.
 //!
 //! A `--features wgpu` build runs these on a machine without a GPU through Mesa's CPU Vulkan
-//! driver (lavapipe: `.ci/gpu-tests` installs it), which is how the kernels are checked here
+//! driver (lavapipe: `scripts/gpu-tests-lavapipe.sh` installs it and runs these), which is how the kernels are checked here
 //! between GPU sessions.
 
 #[cfg(feature = "gpu")]
