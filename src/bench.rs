@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::nn::loss::CrossEntropyLoss;
-use burn::optim::GradientsParams;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -16,6 +15,7 @@ use crate::data::{ImageSet, Loader, Normalization, Order};
 use crate::device::Backend;
 use crate::models::{self, Geometry};
 use crate::train::optim;
+use crate::train::step::StepDevices;
 
 #[derive(Debug, Clone)]
 pub struct BenchResult {
@@ -67,16 +67,17 @@ pub fn run(config: &Config, backend: &Backend, warmup: usize, steps: usize) -> R
     let mut model = models::build_for(config, geometry, &device)?;
     let mut optimizer = optim::build(config);
     let loss_fn = CrossEntropyLoss::new(None, &device);
+    // The training loop's step: on every device of a data-parallel backend.
+    let mut devices = StepDevices::new(config, geometry, &device, &backend.replicas)?;
     let mut times = Vec::new();
     for (i, batch) in loader.epoch(2).take(warmup + steps).enumerate() {
         let start = Instant::now();
-        let (images, labels) = batch.to_tensors(&device);
-        let loss = loss_fn.forward(model.forward(images), labels);
-        // Waits for the step, as training does.
-        crate::device::read_scalar::<_, f32>(loss.clone(), "training step")?;
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(config.learning_rate, model, grads);
-        backend.device.sync()?;
+        // Reads the loss back, so waits for the forward pass, as training does.
+        let step = devices.forward_backward(&model, &batch, &loss_fn)?;
+        model = optimizer.step(config.learning_rate, model, step.grads);
+        for device in backend.devices() {
+            device.sync()?;
+        }
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64());
         }

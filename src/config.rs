@@ -149,9 +149,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Where to compute: auto (a GPU if this pnn was built with one and one answers, else the CPU),
-    /// cpu, vulkan[:N], cuda[:N] or wgpu[:N] (GPU ones need a binary built with that feature).
+    /// cpu, vulkan[:N], cuda[:N] or wgpu[:N] (GPU ones need a binary built with that feature);
+    /// a comma-separated list of GPUs (cuda:0,cuda:1) trains data parallel over them.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Train data parallel on GPUs 0..N of the kind --device names (the original code's flag).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub ngpu: usize,
     /// Train even when the memory estimate says the run will not fit.
     #[arg(long)]
     pub force: bool,

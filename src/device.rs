@@ -1,4 +1,6 @@
-//! Choosing where tensors live: `--device cpu | vulkan[:N] | cuda[:N] | wgpu[:N]`.
+//! Choosing where tensors live: `--device cpu | vulkan[:N] | cuda[:N] | wgpu[:N]`, or a
+//! comma-separated list of GPUs of one kind (`--device cuda:0,cuda:1`, or `--ngpu 2`) for
+//! data-parallel training (`train/step.rs`).
 //!
 //! `auto` (the default) takes a GPU when the binary was built with a GPU feature and a GPU
 //! answers, and the CPU otherwise; the choice is printed and recorded in every result file.
@@ -13,16 +15,91 @@ use burn::tensor::Device;
 /// A device and the name recorded in result files.
 #[derive(Debug, Clone)]
 pub struct Backend {
+    /// Where the model lives, the optimizer steps and the test set is evaluated.
     pub device: Device,
+    /// Further devices of a data-parallel run, each computing its share of every training batch
+    /// (empty for a run on one device).
+    pub replicas: Vec<Device>,
     pub name: String,
 }
 
 impl Backend {
-    pub fn cpu() -> Self {
+    fn one(device: Device, name: String) -> Self {
         Self {
-            device: Device::flex(),
-            name: "cpu (burn flex)".to_string(),
+            device,
+            replicas: Vec::new(),
+            name,
         }
+    }
+
+    pub fn cpu() -> Self {
+        Self::one(Device::flex(), "cpu (burn flex)".to_string())
+    }
+
+    /// Every device a training step runs on: the model's first.
+    pub fn devices(&self) -> Vec<Device> {
+        std::iter::once(self.device.clone())
+            .chain(self.replicas.iter().cloned())
+            .collect()
+    }
+
+    /// Parses a `--device` value together with `--ngpu`: `ngpu` > 1 asks for GPUs 0..ngpu of
+    /// the kind `spec` names (the original authors' flag; the reproduction has none).
+    pub fn parse_with_count(spec: &str, ngpu: usize) -> Result<Self> {
+        if ngpu <= 1 {
+            return Self::parse(spec);
+        }
+        let kind = spec.to_ascii_lowercase();
+        if !matches!(kind.as_str(), "vulkan" | "cuda" | "wgpu") {
+            bail!(
+                "--ngpu {ngpu} needs --device vulkan, cuda or wgpu (it then trains on GPUs 0 to {}), not --device \
+                 {spec}; or list the GPUs instead, e.g. --device vulkan:0,vulkan:2",
+                ngpu - 1
+            );
+        }
+        let list: Vec<String> = (0..ngpu).map(|i| format!("{kind}:{i}")).collect();
+        Self::parse(&list.join(","))
+    }
+
+    /// Parses a `--device` value: one device, or a comma-separated list of GPUs of one kind
+    /// to train on in data parallel.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let specs: Vec<&str> = spec.split(',').map(str::trim).collect();
+        if specs.len() == 1 {
+            return Self::parse_one(spec);
+        }
+        let kind = |s: &str| s.split(':').next().unwrap_or("").to_ascii_lowercase();
+        if specs
+            .iter()
+            .any(|s| matches!(kind(s).as_str(), "cpu" | "flex" | "auto" | ""))
+        {
+            bail!(
+                "--device {spec}: a list of devices is for data-parallel training on several GPUs \
+                 (e.g. vulkan:0,vulkan:1); the CPU is one device and already uses every core"
+            );
+        }
+        if specs.iter().any(|s| kind(s) != kind(specs[0])) {
+            bail!(
+                "--device {spec}: the GPUs of a data-parallel run must be of one kind (all vulkan, all cuda or all wgpu)"
+            );
+        }
+        let mut backends: Vec<Backend> = Vec::new();
+        for one in &specs {
+            let backend = Self::parse_one(one)?;
+            if backends.iter().any(|b| b.device == backend.device) {
+                bail!("--device {spec}: {one} is listed twice; name each GPU once");
+            }
+            backends.push(backend);
+        }
+        let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+        let name = format!("{}, data parallel over {} devices", names.join(" + "), backends.len());
+        let mut devices = backends.into_iter().map(|b| b.device);
+        let device = devices.next().expect("a list of two or more");
+        Ok(Self {
+            device,
+            replicas: devices.collect(),
+            name,
+        })
     }
 
     /// Whether tensors live in host memory (burn's flex backend).
@@ -30,8 +107,8 @@ impl Backend {
         self.device == Device::flex()
     }
 
-    /// Parses a `--device` value.
-    pub fn parse(spec: &str) -> Result<Self> {
+    /// Parses one device of a `--device` value.
+    fn parse_one(spec: &str) -> Result<Self> {
         let (kind, index) = match spec.split_once(':') {
             Some((kind, index)) => {
                 let index: usize = index.parse().map_err(|_| {
@@ -123,7 +200,7 @@ pub fn device_failure(what: &str, error: &str) -> String {
 }
 
 /// Whether a device computes 1 + 2 (opening a GPU that is not there panics inside the runtime).
-fn answers(device: &Device) -> bool {
+pub fn answers(device: &Device) -> bool {
     let device = device.clone();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -224,17 +301,11 @@ fn wgpu_backed(api: WgpuApi, adapter: Adapter) -> Result<Backend> {
         let name = format!("{feature} ({kind:?}{shaders}){GPU_KERNELS}");
         #[cfg(feature = "vulkan")]
         if api == WgpuApi::Vulkan {
-            return Ok(Backend {
-                device: Device::vulkan(kind),
-                name,
-            });
+            return Ok(Backend::one(Device::vulkan(kind), name));
         }
         #[cfg(feature = "wgpu")]
         if api == WgpuApi::Wgsl {
-            return Ok(Backend {
-                device: Device::wgpu(kind),
-                name,
-            });
+            return Ok(Backend::one(Device::wgpu(kind), name));
         }
     }
     unreachable!("{feature} is built in (checked above)")
@@ -246,10 +317,10 @@ fn cuda(index: Option<usize>) -> Result<Backend> {
         Some(i) => Device::cuda(i),
         None => Device::cuda(burn::tensor::DeviceIndex::Default),
     };
-    Ok(Backend {
+    Ok(Backend::one(
         device,
-        name: format!("cuda:{}{GPU_KERNELS}", index.unwrap_or(0)),
-    })
+        format!("cuda:{}{GPU_KERNELS}", index.unwrap_or(0)),
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]

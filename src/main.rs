@@ -130,7 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => {
             let config = args.to_config()?;
-            let backend = Backend::parse(&args.device)?;
+            let backend = Backend::parse_with_count(&args.device, args.ngpu)?;
             let opts = RunOptions {
                 save: args.save,
                 logs: args.logs,
@@ -159,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { args, steps, warmup } => {
             let config = args.to_config()?;
-            let backend = Backend::parse(&args.device)?;
+            let backend = Backend::parse_with_count(&args.device, args.ngpu)?;
             let r = pnn::bench::run(&config, &backend, warmup, steps.max(1))?;
             println!(
                 "{} batch {} on {}:",

@@ -253,3 +253,74 @@ fn a_gpu_device_without_its_build_feature_says_how_to_build_it() {
     let e = pnn::device::Backend::parse("wgpu:first").unwrap_err().to_string();
     assert!(e.contains("GPU number"), "{e}");
 }
+
+/// A list of devices (data parallel) that cannot work is refused before anything runs, with
+/// what to write instead.
+#[test]
+fn a_device_list_that_cannot_train_data_parallel_says_why() {
+    use pnn::device::Backend;
+    let refused = |spec: &str, ngpu: usize| Backend::parse_with_count(spec, ngpu).unwrap_err().to_string();
+    let e = refused("cpu,cpu", 1);
+    assert!(e.contains("CPU is one device"), "{e}");
+    let e = refused("vulkan:0,cuda:1", 1);
+    assert!(e.contains("of one kind"), "{e}");
+    let e = refused("cpu", 2);
+    assert!(
+        e.contains("--ngpu 2 needs --device vulkan, cuda or wgpu") && e.contains("GPUs 0 to 1"),
+        "{e}"
+    );
+    let e = refused("vulkan:1", 2);
+    assert!(e.contains("--device vulkan:0,vulkan:2"), "{e}");
+    if !cfg!(feature = "vulkan") {
+        // Each listed device is opened as on its own: a CPU build names the feature.
+        let e = refused("vulkan", 2);
+        assert!(e.contains("--features vulkan"), "{e}");
+    }
+    // `--ngpu 1` is the original code's default: the device alone.
+    assert_eq!(Backend::parse_with_count("cpu", 1).unwrap().devices().len(), 1);
+}
+
+/// `pnn train --ngpu` is accepted (the original code's flag), and its error reaches the user
+/// as a message, not a panic.
+#[test]
+fn ngpu_on_the_command_line_is_checked_against_the_device() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pnn"))
+        .args(["train", "--device", "cpu", "--ngpu", "2", "--nepochs", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--ngpu 2 needs --device vulkan, cuda or wgpu"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A batch cut for data parallel: consecutive parts, sizes differing by at most one, every
+/// image and label once.
+#[test]
+fn a_batch_splits_into_consecutive_parts_of_near_equal_size() {
+    let n = 7;
+    let image = 2 * 3 * 3;
+    let batch = pnn::data::Batch {
+        images: (0..n * image).map(|v| v as f32).collect(),
+        labels: (0..n as i64).collect(),
+        shape: [n, 2, 3, 3],
+    };
+    let parts = batch.split(3);
+    let sizes: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+    assert_eq!(sizes, [3, 2, 2]);
+    for part in &parts {
+        assert_eq!(part.shape, [part.len(), 2, 3, 3]);
+        assert_eq!(part.images.len(), part.len() * image);
+        // Each image travels with its label.
+        for (i, &label) in part.labels.iter().enumerate() {
+            assert_eq!(part.images[i * image], (label as usize * image) as f32);
+        }
+    }
+    let labels: Vec<i64> = parts.iter().flat_map(|p| p.labels.clone()).collect();
+    assert_eq!(labels, batch.labels);
+    assert_eq!(batch.split(1)[0].labels, batch.labels);
+    assert_eq!(batch.split(20).len(), n, "never an empty part");
+}

@@ -23,12 +23,16 @@ mod on_gpu {
     };
     use super::common::gpu_models::gpu_model;
     use super::common::rng_lock;
-    use burn::module::Module;
+    use burn::module::{Module, ModuleVisitor, Param};
     use burn::nn::loss::CrossEntropyLoss;
+    use burn::optim::GradientsParams;
     use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-    use pnn::config::TrainArgs;
+    use pnn::config::{Config, TrainArgs};
+    use pnn::data::Batch;
     use pnn::device::Backend;
-    use pnn::models::{self, Geometry};
+    use pnn::models::{self, Geometry, Net};
+    use pnn::train::RunOptions;
+    use pnn::train::step::StepDevices;
 
     /// The device under test: `PNN_TEST_DEVICE`, else the build's first GPU feature.
     fn device_spec() -> String {
@@ -190,6 +194,241 @@ mod on_gpu {
         for what in ["noiseresnet18", "cifarnet", "lenet"] {
             compare(gpu_model(what), 4);
         }
+    }
+
+    /// A second device beside `first` for the data-parallel tests: another device of the same
+    /// API (on lavapipe, wgpu's CPU device beside its default one; on a machine with one GPU,
+    /// that GPU opened a second time), or why there is none.
+    fn second_device(first: &Device) -> Option<Device> {
+        #[allow(unused_mut)]
+        let mut candidates: Vec<Device> = Vec::new();
+        let spec = device_spec();
+        #[cfg(feature = "wgpu")]
+        if spec.starts_with("wgpu") {
+            use burn::tensor::DeviceKind;
+            candidates.extend(
+                [
+                    DeviceKind::Cpu,
+                    DeviceKind::DiscreteGpu(0),
+                    DeviceKind::IntegratedGpu(0),
+                ]
+                .map(Device::wgpu),
+            );
+        }
+        #[cfg(feature = "vulkan")]
+        if spec.starts_with("vulkan") {
+            use burn::tensor::DeviceKind;
+            candidates.extend([DeviceKind::DiscreteGpu(0), DeviceKind::IntegratedGpu(0)].map(Device::vulkan));
+        }
+        #[cfg(feature = "cuda")]
+        if spec.starts_with("cuda") {
+            candidates.push(Device::cuda(1));
+        }
+        let found = candidates.into_iter().find(|d| d != first && pnn::device::answers(d));
+        if found.is_none() {
+            let why = format!("no second {spec} device beside {first:?} answers");
+            // A wgpu-backed API opens its one adapter twice, so PNN_REQUIRE_GPU holds these
+            // tests to it; CUDA needs a second GPU, which a one-GPU machine does not have.
+            if !spec.starts_with("cuda") && std::env::var("PNN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{why}, and PNN_REQUIRE_GPU=1 says the data-parallel tests must run");
+            }
+            eprintln!("skipped: {why}");
+        }
+        found
+    }
+
+    /// Each float of a model (parameters, running statistics, masks) in visiting order, by name.
+    fn named_values(model: &Net) -> Vec<(String, Vec<f32>)> {
+        #[derive(Default)]
+        struct Names {
+            path: Vec<String>,
+            values: Vec<(String, Vec<f32>)>,
+        }
+        impl ModuleVisitor for Names {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.path.push(name.to_string());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                self.values.push((self.path.join("."), values(param.val())));
+            }
+        }
+        let mut names = Names::default();
+        model.visit(&mut names);
+        names.values
+    }
+
+    /// Each gradient in `grads` of a parameter of `model`, in visiting order (None where a
+    /// parameter has none: the fixed noise masks, the running statistics).
+    fn gradients_in_order(model: &Net, grads: &GradientsParams, device: &Device) -> Vec<Option<Vec<f32>>> {
+        struct Collect<'a> {
+            grads: &'a GradientsParams,
+            device: Device,
+            out: Vec<Option<Vec<f32>>>,
+        }
+        impl ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let grad = self.grads.get::<D>(param.id).map(|g| {
+                    assert_eq!(
+                        g.device().without_autodiff(),
+                        self.device,
+                        "a gradient is on the model's device"
+                    );
+                    values(g)
+                });
+                self.out.push(grad);
+            }
+        }
+        let mut collect = Collect {
+            grads,
+            device: device.clone().without_autodiff(),
+            out: Vec::new(),
+        };
+        model.visit(&mut collect);
+        collect.out
+    }
+
+    /// The model of `config`, built on the CPU from seed 7 and moved to `device` (with
+    /// autodiff) for training: the same weights and masks each call.
+    fn model_on(config: &Config, geometry: Geometry, device: &Device) -> Net {
+        let cpu = Device::flex();
+        cpu.seed(7);
+        // Built without autodiff, the parameters track gradients once `train` says so.
+        models::build_for(config, geometry, &cpu).unwrap().fork(device).train()
+    }
+
+    /// Data parallel over two devices computes, for the same batch, what one device computes
+    /// for the same parts one after the other: each part's loss scaled by its share of the
+    /// batch, the gradients summed on the model's device. The model keeps the running
+    /// statistics of its own part, as PyTorch's DataParallel keeps device 0's.
+    #[test]
+    fn data_parallel_step_is_the_sum_of_its_parts_on_one_device() {
+        let Some(first) = gpu_device() else { return };
+        let Some(second) = second_device(&first) else { return };
+        let _rng = rng_lock();
+        let geometry = Geometry {
+            channels: 3,
+            input_size: 32,
+            num_classes: 10,
+        };
+        let device = first.clone().autodiff();
+        let loss_fn = CrossEntropyLoss::new(None, &device);
+        for what in ["lenet", "perturb_resnet18, many masks (the fused kernels)"] {
+            let config = TrainArgs::parse_flags(gpu_model(what).split_whitespace())
+                .unwrap()
+                .to_config()
+                .unwrap();
+            // 7 images: parts of 4 and 3, so the shares differ.
+            let n = 7;
+            let cpu = Device::flex();
+            cpu.seed(3);
+            let images = Tensor::<4>::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &cpu);
+            let batch = Batch {
+                images: values(images),
+                labels: (0..n as i64).map(|i| (i * 3) % 10).collect(),
+                shape: [n, 3, 32, 32],
+            };
+
+            let model = model_on(&config, geometry, &device);
+            let mut devices = StepDevices::new(&config, geometry, &first, &[second.clone()]).unwrap();
+            devices.seed(11);
+            let parallel = devices.forward_backward(&model, &batch, &loss_fn).unwrap();
+            let parallel_grads = gradients_in_order(&model, &parallel.grads, &first);
+
+            let reference = model_on(&config, geometry, &device);
+            let mut loss = 0.0;
+            let mut correct = 0;
+            let mut summed: Vec<Option<Vec<f32>>> = Vec::new();
+            for part in batch.split(2) {
+                let share = part.len() as f64 / n as f64;
+                let (x, y) = part.to_tensors(&device);
+                let output = reference.forward(x);
+                correct += pnn::train::trainer::count_correct(output.clone(), y.clone()).unwrap();
+                let part_loss = loss_fn.forward(output, y).mul_scalar(share);
+                loss += values(part_loss.clone().detach())[0] as f64;
+                let grads = GradientsParams::from_grads(part_loss.backward(), &reference);
+                let grads = gradients_in_order(&reference, &grads, &first);
+                if summed.is_empty() {
+                    summed = grads;
+                } else {
+                    for (sum, g) in summed.iter_mut().zip(grads) {
+                        if let (Some(sum), Some(g)) = (sum.as_mut(), g) {
+                            sum.iter_mut().zip(g).for_each(|(s, v)| *s += v);
+                        }
+                    }
+                }
+            }
+            assert!(
+                (parallel.loss - loss).abs() < 1e-5 * loss.abs().max(1.0),
+                "{what}: loss {} vs {loss}",
+                parallel.loss
+            );
+            assert_eq!(parallel.correct, correct, "{what}: correct predictions");
+            assert_eq!(parallel_grads.len(), summed.len());
+            let with_gradient = parallel_grads.iter().filter(|g| g.is_some()).count();
+            assert!(
+                with_gradient > 4,
+                "{what}: only {with_gradient} parameters have gradients"
+            );
+            for (i, (p, r)) in parallel_grads.iter().zip(&summed).enumerate() {
+                match (p, r) {
+                    (Some(p), Some(r)) => assert_close(p, r, 1e-5, 0, &format!("{what}: gradient {i}")),
+                    (None, None) => {}
+                    _ => panic!("{what}: parameter {i} has a gradient on one side only"),
+                }
+            }
+
+            // The model's running statistics are those of a forward pass on the first part.
+            let first_part_only = model_on(&config, geometry, &device);
+            let (x, _) = batch.split(2)[0].to_tensors(&device);
+            let _ = first_part_only.forward(x);
+            let stats = |m: &Net| {
+                named_values(&m.valid())
+                    .into_iter()
+                    .filter(|(name, _)| name.ends_with("running_mean") || name.ends_with("running_var"))
+                    .collect::<Vec<_>>()
+            };
+            let (kept, expected) = (stats(&model), stats(&first_part_only));
+            assert!(!kept.is_empty(), "{what} has BatchNorm layers");
+            for ((name, k), (_, e)) in kept.iter().zip(&expected) {
+                assert_close(k, e, 1e-5, 0, &format!("{what}: {name}"));
+            }
+        }
+    }
+
+    /// A whole run over two devices: lenet on the tiny MNIST set learns, and its files record
+    /// both devices.
+    #[test]
+    fn data_parallel_training_run_learns_and_records_its_devices() {
+        let Some(first) = gpu_device() else { return };
+        let Some(second) = second_device(&first) else { return };
+        let _rng = rng_lock();
+        let data = tempfile::tempdir().unwrap();
+        super::common::write_tiny_mnist(data.path(), 200, 50);
+        let runs = tempfile::tempdir().unwrap();
+        let mut flags = vec!["--dataroot", data.path().to_str().unwrap(), "--nepochs", "2"];
+        flags.extend(super::common::TINY_LENET);
+        let config = TrainArgs::parse_flags(flags).unwrap().to_config().unwrap();
+        let mut opts = RunOptions::quiet(Some(runs.path().to_path_buf()));
+        opts.backend = Backend {
+            device: first,
+            replicas: vec![second],
+            name: "two test devices, data parallel".to_string(),
+        };
+        let summary = pnn::train::train(&config, opts).unwrap();
+        assert_eq!(summary.history.len(), 2);
+        let (best, _) = summary.best().unwrap();
+        assert!(
+            best > 50.0,
+            "a two-device run learns the tiny set: best test accuracy {best:.1}%"
+        );
+        let info = std::fs::read_to_string(summary.run_dir.join("summary.json")).unwrap();
+        assert!(
+            info.contains("two test devices, data parallel"),
+            "summary.json names the devices"
+        );
     }
 }
 

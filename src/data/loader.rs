@@ -44,6 +44,28 @@ impl Batch {
         self.labels.is_empty()
     }
 
+    /// The batch cut into `parts` consecutive pieces whose sizes differ by at most one (the
+    /// larger first), as PyTorch's DataParallel scatters a batch over its devices.
+    pub fn split(&self, parts: usize) -> Vec<Batch> {
+        let parts = parts.clamp(1, self.len().max(1));
+        let [n, c, h, w] = self.shape;
+        let image = c * h * w;
+        let (base, extra) = (n / parts, n % parts);
+        let mut start = 0;
+        (0..parts)
+            .map(|i| {
+                let len = base + usize::from(i < extra);
+                let range = start..start + len;
+                start += len;
+                Batch {
+                    images: self.images[range.start * image..range.end * image].to_vec(),
+                    labels: self.labels[range].to_vec(),
+                    shape: [len, c, h, w],
+                }
+            })
+            .collect()
+    }
+
     pub fn to_tensors(&self, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
         let images = Tensor::from_data(TensorData::new(self.images.clone(), self.shape), device);
         let labels = Tensor::from_data(TensorData::new(self.labels.clone(), [self.labels.len()]), device);

@@ -90,13 +90,30 @@ pub fn build(config: &Config, device: &Device) -> Result<Net> {
 /// Builds the model for data of the given geometry.
 pub fn build_for(config: &Config, geometry: Geometry, device: &Device) -> Result<Net> {
     check_geometry(config, geometry)?;
-    Ok(match config.net_type {
+    let model = match config.net_type {
         NetType::Lenet => Net::Lenet(LeNet::new(config, geometry, device)),
         NetType::Cifarnet => Net::Cifarnet(CifarNet::new(config, geometry, device)),
         NetType::Resnet18 => Net::Resnet18(ResNet18::new(config, geometry, device)),
         NetType::Noiseresnet18 => Net::Noiseresnet18(NoiseResNet18::new(config, geometry, device)),
         NetType::PerturbResnet18 => Net::PerturbResnet18(PerturbResNet18::new(config, geometry, device)),
-    })
+    };
+    initialize_now(&model);
+    Ok(model)
+}
+
+/// Draws every lazily initialised parameter now (burn's `Linear` draws its weights at first
+/// use), so that the weights follow from the seed and the configuration alone. Drawn at the
+/// first forward pass, they came from that step's random stream instead, and a data-parallel
+/// run, which copies the model to its other devices before the first step, would draw them
+/// elsewhere in the stream than a one-device run.
+fn initialize_now(model: &Net) {
+    struct Touch;
+    impl burn::module::ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Touch);
 }
 
 /// Follows the map size through the network as its constructor does, and refuses a geometry

@@ -9,6 +9,7 @@ pub mod optim;
 pub mod run_dir;
 pub mod schedule;
 pub mod sgd;
+pub mod step;
 pub mod trainer;
 
 pub use trainer::{RunOptions, RunSummary, train};

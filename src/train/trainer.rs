@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Int, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -17,6 +17,7 @@ use super::interrupt::{Interrupted, StopFlag};
 use super::memory;
 use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy, best_by};
 use super::run_dir::{RunDir, RunInfo, RunSummaryFile};
+use super::step::{StepDevices, correct_predictions};
 use super::{optim, schedule};
 use crate::config::Config;
 use crate::data::{self, Loader};
@@ -206,6 +207,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     // was built without it, while the line above said "(random crop and flip)".
     let (train_loader, test_loader) = data.into_loaders(config.batch_size, config.manual_seed);
     let loss_fn = CrossEntropyLoss::new(None, &device);
+    let mut step_devices = StepDevices::new(config, geometry, &device, &opts.backend.replicas)?;
 
     let mut session_steps = 0usize;
     for epoch in state.epochs_done + 1..=config.nepochs {
@@ -228,7 +230,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             &mut optimizer,
             &train_loader,
             &loss_fn,
-            &device,
+            &mut step_devices,
             epoch,
             lr,
             progress,
@@ -409,7 +411,7 @@ fn train_epoch(
     optimizer: &mut ModuleOptimizer,
     loader: &Loader,
     loss_fn: &CrossEntropyLoss,
-    device: &Device,
+    devices: &mut StepDevices,
     epoch: usize,
     lr: f64,
     from: EpochProgress,
@@ -437,15 +439,10 @@ fn train_epoch(
         if config.debug {
             println!("\nBatch: {step}");
         }
-        device.seed(step_seed(config.manual_seed, epoch, step));
-        let (images, labels) = batch.to_tensors(device);
-        let output = model.forward(images);
-        let loss = loss_fn.forward(output.clone(), labels.clone());
-        // The step's two reads from the device; either fails where the device's work did.
-        let read = device::read_scalar::<_, f32>(loss.clone(), "training step")
-            .and_then(|loss| Ok((loss as f64, count_correct(output, labels)?)));
-        let (loss_value, correct) = match read {
-            Ok(values) => values,
+        devices.seed(step_seed(config.manual_seed, epoch, step));
+        // The step's reads from the device fail where the device's work did.
+        let result = match devices.forward_backward(&model, &batch, loss_fn) {
+            Ok(result) => result,
             Err(e) => {
                 progress.finish_and_clear();
                 return Err(e.context(format!(
@@ -453,6 +450,7 @@ fn train_epoch(
                 )));
             }
         };
+        let loss_value = result.loss;
         if !loss_value.is_finite() {
             progress.finish_and_clear();
             bail!(
@@ -466,9 +464,8 @@ fn train_epoch(
                 config.level
             );
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(lr, model, grads);
-        totals.add_batch(loss_value, correct, batch.len());
+        model = optimizer.step(lr, model, result.grads);
+        totals.add_batch(loss_value, result.correct, batch.len());
         budget.taken += 1;
         session_images += batch.len();
         progress.inc(1);
@@ -512,8 +509,8 @@ fn loader_device(model: &Net) -> Device {
 }
 
 pub fn count_correct(output: Tensor<2>, labels: Tensor<1, Int>) -> Result<usize> {
-    let predicted = output.argmax(1).squeeze_dim::<1>(1);
-    Ok(device::read_scalar::<_, i64>(predicted.equal(labels).int().sum(), "count of correct predictions")? as usize)
+    let correct = correct_predictions(output, labels);
+    Ok(device::read_scalar::<_, i64>(correct, "count of correct predictions")? as usize)
 }
 
 fn progress_bar(len: usize, prefix: &str) -> ProgressBar {
