@@ -153,7 +153,7 @@ pub struct TrainArgs {
     /// a comma-separated list of GPUs (cuda:0,cuda:1) trains data parallel over them.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Train data parallel on GPUs 0..N of the kind --device names (the original code's flag).
+    /// Train data parallel on GPUs 0 to N-1 of the kind --device names (the original code's flag).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub ngpu: usize,
     /// Train even when the memory estimate says the run will not fit.

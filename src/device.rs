@@ -43,8 +43,8 @@ impl Backend {
             .collect()
     }
 
-    /// Parses a `--device` value together with `--ngpu`: `ngpu` > 1 asks for GPUs 0..ngpu of
-    /// the kind `spec` names (the original authors' flag; the reproduction has none).
+    /// Parses a `--device` value together with `--ngpu`: `ngpu` > 1 asks for GPUs 0 to ngpu-1
+    /// of the kind `spec` names (the original authors' flag; the reproduction has none).
     pub fn parse_with_count(spec: &str, ngpu: usize) -> Result<Self> {
         if ngpu <= 1 {
             return Self::parse(spec);

@@ -5,6 +5,7 @@
 //! - The batch is cut into one consecutive part per device (`Batch::split`).
 //! - Each device holds a replica of the model. Before every step it takes the model's current
 //!   parameters under the model's own parameter ids, so that its gradients are the model's.
+//!   Values and gradients cross between devices packed into one tensor each way.
 //! - Each part's loss is scaled by its share of the batch, so that the summed gradients are
 //!   those of the whole batch's mean loss, as on one device.
 //! - The gradients are summed on the model's device, where the optimizer steps once.
@@ -85,7 +86,15 @@ impl StepDevices {
         if parts == 1 {
             return self.on_model_device(model, batch, loss_fn);
         }
-        let snapshot = Snapshot::of(model);
+        // The replicas take the model's values first: a copy between devices may wait for the
+        // source device's queue, which must not hold the first part's forward pass yet.
+        let values = Packed::of(model, Source::Values);
+        for replica in &mut self.replicas[..parts - 1] {
+            replica.model = values
+                .clone()
+                .to_device(&replica.device)
+                .load_into(replica.model.clone());
+        }
         let pieces = batch.split(parts);
         let mut losses = Vec::with_capacity(parts);
         let mut corrects = Vec::with_capacity(parts);
@@ -94,11 +103,7 @@ impl StepDevices {
         for (i, piece) in pieces.iter().enumerate() {
             let (net, device) = match i {
                 0 => (model, &self.device),
-                _ => {
-                    let replica = &mut self.replicas[i - 1];
-                    replica.model = snapshot.load_into(replica.model.clone(), &replica.device);
-                    (&replica.model, &replica.device)
-                }
+                _ => (&self.replicas[i - 1].model, &self.replicas[i - 1].device),
             };
             let (images, labels) = piece.to_tensors(device);
             let output = net.forward(images);
@@ -118,8 +123,13 @@ impl StepDevices {
         for (i, graph) in graphs.into_iter().enumerate() {
             let grads = match i {
                 0 => GradientsParams::from_grads(graph.backward(), model),
-                _ => GradientsParams::from_grads(graph.backward(), &self.replicas[i - 1].model)
-                    .to_device(&self.device, model),
+                _ => {
+                    let replica = &self.replicas[i - 1].model;
+                    let grads = GradientsParams::from_grads(graph.backward(), replica);
+                    Packed::of(replica, Source::Gradients(&grads))
+                        .to_device(&self.device)
+                        .into_gradients(model)
+                }
             };
             parts_grads.push(grads);
         }
@@ -154,67 +164,133 @@ pub fn correct_predictions(output: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<
     predicted.equal(labels).int().sum()
 }
 
-/// The model's parameters and running statistics, in visiting order, flattened and without
-/// autodiff, each with its id and shape.
-struct Snapshot {
-    values: Vec<(ParamId, Tensor<1>, Vec<usize>)>,
+/// Tensors of a model's parameters (their values or their gradients), in visiting order, packed
+/// into one flat tensor without autodiff, so that each moves between devices in one copy: a copy
+/// per tensor would make the devices wait for each other a hundred times a step.
+#[derive(Clone)]
+struct Packed {
+    flat: Tensor<1>,
+    /// Each tensor's parameter, offset in `flat` and shape.
+    entries: Vec<(ParamId, usize, Vec<usize>)>,
 }
 
-impl Snapshot {
-    fn of(model: &Net) -> Self {
-        let mut snapshot = Self { values: Vec::new() };
-        model.visit(&mut snapshot);
-        snapshot
+/// What [`Packed`] holds of each parameter.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Its value (running statistics and fixed masks included).
+    Values,
+    /// Its gradient, where it has one.
+    Gradients(&'a GradientsParams),
+}
+
+impl Packed {
+    fn of(model: &Net, source: Source) -> Self {
+        struct Packer<'a> {
+            source: Source<'a>,
+            tensors: Vec<Tensor<1>>,
+            entries: Vec<(ParamId, usize, Vec<usize>)>,
+            len: usize,
+        }
+        impl ModuleVisitor for Packer<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let tensor = match self.source {
+                    Source::Values => Some(param.val()),
+                    Source::Gradients(grads) => grads.get::<D>(param.id),
+                };
+                let Some(tensor) = tensor else { return };
+                let shape = tensor.dims().to_vec();
+                let n: usize = shape.iter().product();
+                self.entries.push((param.id, self.len, shape));
+                self.len += n;
+                self.tensors.push(tensor.without_autodiff().reshape([n]));
+            }
+        }
+        let mut packer = Packer {
+            source,
+            tensors: Vec::new(),
+            entries: Vec::new(),
+            len: 0,
+        };
+        model.visit(&mut packer);
+        // Every model has parameters, and each of them a gradient after a backward pass.
+        assert!(!packer.tensors.is_empty(), "nothing to pack");
+        Self {
+            flat: Tensor::cat(packer.tensors, 0),
+            entries: packer.entries,
+        }
     }
 
-    /// `replica` (built from the same configuration, so visited in the same order) with the
-    /// snapshot's values on `device` and the snapshot's parameter ids. Each parameter keeps the
-    /// replica's own choice of whether it is trained (the noise masks are not, by default).
-    fn load_into(&self, replica: Net, device: &Device) -> Net {
-        let mut loader = SnapshotLoader {
-            values: self.values.iter(),
-            device: device.clone().without_autodiff(),
-        };
+    /// The same tensors on `device` (without autodiff), in one copy.
+    fn to_device(self, device: &Device) -> Self {
+        Self {
+            flat: self.flat.to_device(&device.clone().without_autodiff()),
+            entries: self.entries,
+        }
+    }
+
+    /// Entry `i`'s parameter and tensor, which must be of rank D.
+    fn tensor<const D: usize>(&self, i: usize) -> (ParamId, Tensor<D>) {
+        let (id, offset, shape) = &self.entries[i];
+        let n: usize = shape.iter().product();
+        let shape: [usize; D] = shape.as_slice().try_into().expect("packed with the model's rank");
+        (*id, self.flat.clone().slice(*offset..offset + n).reshape(shape))
+    }
+
+    /// `replica` (built from the same configuration, so visited in the same order) with these
+    /// values and their parameter ids. Each parameter keeps the replica's own choice of whether
+    /// it is trained (the noise masks are not, by default).
+    fn load_into(&self, replica: Net) -> Net {
+        struct Loader<'a> {
+            packed: &'a Packed,
+            next: usize,
+        }
+        impl ModuleMapper for Loader<'_> {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let (id, value) = self.packed.tensor::<D>(self.next);
+                self.next += 1;
+                let (_, old, mapper) = param.consume();
+                assert_eq!(old.dims(), value.dims(), "a replica's parameter has the model's shape");
+                let mut value = value.autodiff();
+                if old.is_require_grad() {
+                    value = value.require_grad();
+                }
+                Param::from_mapped_value(id, value, mapper)
+            }
+        }
+        let mut loader = Loader { packed: self, next: 0 };
         let replica = replica.map(&mut loader);
-        assert!(
-            loader.values.next().is_none(),
-            "a replica has fewer parameters than its model"
-        );
+        assert_eq!(loader.next, self.entries.len(), "a replica has the model's parameters");
         replica
     }
-}
 
-impl ModuleVisitor for Snapshot {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let value = param.val().without_autodiff();
-        let shape = value.dims().to_vec();
-        let flat = value.reshape([shape.iter().product::<usize>()]);
-        self.values.push((param.id, flat, shape));
-    }
-}
-
-struct SnapshotLoader<'a> {
-    values: std::slice::Iter<'a, (ParamId, Tensor<1>, Vec<usize>)>,
-    device: Device,
-}
-
-impl ModuleMapper for SnapshotLoader<'_> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (id, value, shape) = self
-            .values
-            .next()
-            .expect("a replica has more parameters than its model");
-        let (_, old, mapper) = param.consume();
-        let shape: [usize; D] = shape
-            .as_slice()
-            .try_into()
-            .expect("a replica's parameter has the model's rank");
-        assert_eq!(old.dims(), shape, "a replica's parameter has the model's shape");
-        let mut value = value.clone().to_device(&self.device).reshape(shape).autodiff();
-        if old.is_require_grad() {
-            value = value.require_grad();
+    /// The packed gradients of `model`'s parameters, as the optimizer takes them.
+    fn into_gradients(self, model: &Net) -> GradientsParams {
+        struct Unpacker<'a> {
+            packed: &'a Packed,
+            next: usize,
+            grads: GradientsParams,
         }
-        Param::from_mapped_value(*id, value, mapper)
+        impl ModuleVisitor for Unpacker<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if self.packed.entries.get(self.next).is_some_and(|e| e.0 == param.id) {
+                    let (id, grad) = self.packed.tensor::<D>(self.next);
+                    self.grads.register(id, grad);
+                    self.next += 1;
+                }
+            }
+        }
+        let mut unpacker = Unpacker {
+            packed: &self,
+            next: 0,
+            grads: GradientsParams::new(),
+        };
+        model.visit(&mut unpacker);
+        assert_eq!(
+            unpacker.next,
+            self.entries.len(),
+            "every packed gradient is the model's"
+        );
+        unpacker.grads
     }
 }
 
