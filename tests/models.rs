@@ -218,3 +218,33 @@ fn configurations_the_reference_cannot_run_are_refused_clearly() {
         "{err}"
     );
 }
+
+/// The seed alone decides a model's weights: drawing random numbers between building a model
+/// and its first use changes none of them. (burn's `Linear`, every model's last layer, drew its
+/// weights at first use; a data-parallel run copies the model before that.)
+#[test]
+fn weights_follow_from_the_seed_not_from_when_the_model_is_first_used() {
+    let _rng = common::rng_lock();
+    let device = Device::flex();
+    let weights = |draw_in_between: bool| {
+        device.seed(5);
+        let model = models::build(&cifar("--net-type cifarnet --nfilters 8"), &device).unwrap();
+        if draw_in_between {
+            let _ = Tensor::<1>::random([1000], Distribution::Default, &device)
+                .sum()
+                .into_scalar::<f32>();
+        }
+        struct Values(Vec<f32>);
+        impl burn::module::ModuleVisitor for Values {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                self.0.extend(param.val().into_data().iter::<f32>());
+            }
+        }
+        let mut values = Values(Vec::new());
+        model.visit(&mut values);
+        values.0
+    };
+    let (plain, disturbed) = (weights(false), weights(true));
+    assert!(plain.len() > 1000);
+    assert_eq!(plain, disturbed);
+}
