@@ -71,12 +71,14 @@ impl StepDevices {
     }
 
     /// Seeds every device's random stream (dropout, RReLU) for a step: the model's device with
-    /// `seed` itself, as a one-device run, the others with seeds derived from it.
+    /// `seed` itself, as a one-device run, the others with seeds derived from it. The cubecl
+    /// backends keep one generator for all their devices, so the model's device is seeded last:
+    /// there the step's draws are one stream from `seed`, in the fixed order of the dispatch.
     pub fn seed(&self, seed: u64) {
-        self.device.seed(seed);
         for (i, replica) in self.replicas.iter().enumerate() {
             replica.device.seed(crate::data::loader::epoch_seed(seed, i + 1));
         }
+        self.device.seed(seed);
     }
 
     /// Forward and backward of `model` on `batch`. Each part holds at least two images
