@@ -345,7 +345,7 @@ mod on_gpu {
                 let share = part.len() as f64 / n as f64;
                 let (x, y) = part.to_tensors(&device);
                 let output = reference.forward(x);
-                correct += pnn::train::trainer::count_correct(output.clone(), y.clone()).unwrap();
+                correct += pnn::train::step::count_correct(output.clone(), y.clone()).unwrap();
                 let part_loss = loss_fn.forward(output, y).mul_scalar(share);
                 loss += values(part_loss.clone().detach())[0] as f64;
                 let grads = GradientsParams::from_grads(part_loss.backward(), &reference);

@@ -100,7 +100,6 @@ impl StepDevices {
         let pieces = batch.split(parts);
         let mut losses = Vec::with_capacity(parts);
         let mut corrects = Vec::with_capacity(parts);
-        let mut graphs = Vec::with_capacity(parts);
         // Every device's forward pass is dispatched before anything is read back.
         for (i, piece) in pieces.iter().enumerate() {
             let (net, device) = match i {
@@ -112,17 +111,16 @@ impl StepDevices {
             let share = piece.len() as f64 / batch.len() as f64;
             let loss = loss_fn.forward(output.clone(), labels.clone()).mul_scalar(share);
             corrects.push(correct_predictions(output, labels));
-            losses.push(loss.clone());
-            graphs.push(loss);
+            losses.push(loss);
         }
         let mut loss = 0.0;
         let mut correct = 0;
-        for (part_loss, part_correct) in losses.into_iter().zip(corrects) {
-            loss += device::read_scalar::<_, f32>(part_loss, "training step")? as f64;
-            correct += device::read_scalar::<_, i64>(part_correct, "count of correct predictions")? as usize;
+        for (part_loss, part_correct) in losses.iter().zip(corrects) {
+            loss += read_loss(part_loss.clone())?;
+            correct += read_count(part_correct)?;
         }
         let mut parts_grads = Vec::with_capacity(parts);
-        for (i, graph) in graphs.into_iter().enumerate() {
+        for (i, graph) in losses.into_iter().enumerate() {
             let grads = match i {
                 0 => GradientsParams::from_grads(graph.backward(), model),
                 _ => {
@@ -148,10 +146,8 @@ impl StepDevices {
         let (images, labels) = batch.to_tensors(&self.device);
         let output = model.forward(images);
         let loss = loss_fn.forward(output.clone(), labels.clone());
-        let loss_value = device::read_scalar::<_, f32>(loss.clone(), "training step")? as f64;
-        let correct =
-            device::read_scalar::<_, i64>(correct_predictions(output, labels), "count of correct predictions")?
-                as usize;
+        let loss_value = read_loss(loss.clone())?;
+        let correct = count_correct(output, labels)?;
         Ok(StepResult {
             loss: loss_value,
             correct,
@@ -161,9 +157,22 @@ impl StepDevices {
 }
 
 /// How many of `output`'s rows predict `labels`, still on the device.
-pub fn correct_predictions(output: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1, Int> {
+fn correct_predictions(output: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1, Int> {
     let predicted = output.argmax(1).squeeze_dim::<1>(1);
     predicted.equal(labels).int().sum()
+}
+
+/// How many of `output`'s rows predict `labels`, read back from the device.
+pub fn count_correct(output: Tensor<2>, labels: Tensor<1, Int>) -> Result<usize> {
+    read_count(correct_predictions(output, labels))
+}
+
+fn read_count(correct: Tensor<1, Int>) -> Result<usize> {
+    Ok(device::read_scalar::<_, i64>(correct, "count of correct predictions")? as usize)
+}
+
+fn read_loss(loss: Tensor<1>) -> Result<f64> {
+    Ok(device::read_scalar::<_, f32>(loss, "training step")? as f64)
 }
 
 /// Tensors of a model's parameters (their values or their gradients), in visiting order, packed

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::ModuleOptimizer;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, FORMAT_VERSION, PartialEpoch, TrainState};
@@ -17,7 +17,7 @@ use super::interrupt::{Interrupted, StopFlag};
 use super::memory;
 use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy, best_by};
 use super::run_dir::{RunDir, RunInfo, RunSummaryFile};
-use super::step::{StepDevices, correct_predictions};
+use super::step::{StepDevices, count_correct};
 use super::{optim, schedule};
 use crate::config::Config;
 use crate::data::{self, Loader};
@@ -506,11 +506,6 @@ fn loader_device(model: &Net) -> Device {
         .next()
         .unwrap_or_else(Device::flex)
         .without_autodiff()
-}
-
-pub fn count_correct(output: Tensor<2>, labels: Tensor<1, Int>) -> Result<usize> {
-    let correct = correct_predictions(output, labels);
-    Ok(device::read_scalar::<_, i64>(correct, "count of correct predictions")? as usize)
 }
 
 fn progress_bar(len: usize, prefix: &str) -> ProgressBar {
