@@ -9,14 +9,19 @@
 //! here every output is summed straight from x and the masks, and the backward pass recomputes
 //! the perturbed values it needs, so no tensor larger than x or the output is ever formed.
 //!
-//! Four operations (five kernels), plain loops with one thread per output value except where said:
-//! - `forward`: one thread per (n, o, p), Kg terms;
-//! - `grad_x`: one thread per (n, c, p), the M maps of channel c and the outputs that read them;
+//! Four operations (five kernels). The layer's grouping makes each input channel's M maps one
+//! run of a group's Kg (M divides Kg: Kg = M with several masks, Kg = C with one), so the kernels
+//! walk channels and masks with counters instead of dividing in their inner loops:
+//! - `forward`: one thread per (block of `SAMPLES_PER_UNIT` samples, o, p): each mask value and
+//!   weight it loads serves every sample of its block;
+//! - `grad_x`: one thread per (block of samples, c, p), the M maps of channel c and the outputs
+//!   that read them, blocked over samples the same way;
 //! - `grad_noise` (trainable masks only): per mask value, the sum over the batch (and over the
 //!   channels when the masks are shared), in two stages: chunks of those terms summed by many
 //!   threads into a [chunks, values] buffer, then one thread per value adds up its chunks;
-//! - `grad_weight`: one cube per (o, j) (and per o for the bias), its units striding over
-//!   N x HW and meeting in a tree sum in shared memory.
+//! - `grad_weight`: one cube per (o, run of `WEIGHTS_PER_CUBE` weights j), its units striding over
+//!   N x HW, each dy value loaded once for the whole run, and meeting in a tree sum in shared
+//!   memory (the cubes of the first run also sum dy alone, for the bias).
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
@@ -29,6 +34,14 @@ use super::fused::FusedAct;
 
 /// Units per cube of the weight-gradient reduction (a power of two, for the tree sum).
 const REDUCE_UNITS: u32 = 256;
+
+/// Samples each thread of `forward` and `grad_x` computes: the mask values and weights it loads
+/// are shared by the batch, so one load serves this many samples.
+const SAMPLES_PER_UNIT: usize = 4;
+
+/// Weights j each cube of `grad_weight` sums: each dy value it loads serves this many (the
+/// earlier one-cube-per-weight kernel loaded every dy value Kg times).
+const WEIGHTS_PER_CUBE: usize = 8;
 
 /// Threads the mask gradient's first stage aims for: enough to fill a large GPU (an H200 holds
 /// 132 x 2048 resident threads) at every stage of a network.
@@ -88,42 +101,11 @@ struct Sizes {
     level: f32,
 }
 
-/// The perturbed value of map `k` of sample `n` at pixel `p`.
+/// The sample of slot `t` of the block starting at `n0`; a last, short block's missing slots
+/// recompute its last sample (their results are not written).
 #[cube]
-fn perturbed(x: &Tensor<f32>, noise: &Tensor<f32>, s: &Sizes, n: usize, k: usize, p: usize) -> f32 {
-    let c = k / s.masks;
-    let m = k % s.masks;
-    x[(n * s.channels + c) * s.hw + p] + s.level * noise[c * s.noise_channel_stride + m * s.hw + p]
-}
-
-/// `sum over the outputs o of k's group of W[o, j(k)] * dy[n, o, p]`: what reaches map k.
-#[cube]
-fn back_to_map(weight: &Tensor<f32>, dy: &Tensor<f32>, s: &Sizes, n: usize, k: usize, p: usize) -> f32 {
-    let g = k / s.kg;
-    let j = k % s.kg;
-    let mut sum = 0.0f32;
-    for i in 0..s.og {
-        let o = g * s.og + i;
-        sum += weight[o * s.kg + j] * dy[(n * s.outputs + o) * s.hw + p];
-    }
-    sum
-}
-
-/// What map k's perturbed value at (n, p) contributes to the gradient of its input and of its
-/// mask value: `act'(perturbed) * back_to_map` (the chain rule through the activation).
-#[cube]
-fn map_gradient(
-    x: &Tensor<f32>,
-    noise: &Tensor<f32>,
-    weight: &Tensor<f32>,
-    dy: &Tensor<f32>,
-    s: &Sizes,
-    n: usize,
-    k: usize,
-    p: usize,
-    #[comptime] act: FusedAct,
-) -> f32 {
-    derivative(perturbed(x, noise, s, n, k, p), act) * back_to_map(weight, dy, s, n, k, p)
+fn sample(n0: usize, t: usize, batch: usize) -> usize {
+    select(n0 + t < batch, n0 + t, batch - 1)
 }
 
 #[cube(launch)]
@@ -133,23 +115,55 @@ fn forward_kernel(
     weight: &Tensor<f32>,
     bias: &Tensor<f32>,
     out: &mut Tensor<f32>,
+    batch: usize,
     s: Sizes,
     #[comptime] act: FusedAct,
+    #[comptime] spu: usize,
 ) {
     let pos = ABSOLUTE_POS;
-    if pos >= out.len() {
+    let blocks = (batch + spu - 1) / spu;
+    if pos >= blocks * s.outputs * s.hw {
         terminate!();
     }
     let p = pos % s.hw;
-    let no = pos / s.hw;
-    let o = no % s.outputs;
-    let n = no / s.outputs;
-    let first = (o / s.og) * s.kg;
-    let mut sum = bias[o];
-    for j in 0..s.kg {
-        sum += weight[o * s.kg + j] * apply(perturbed(x, noise, &s, n, first + j, p), act);
+    let bo = pos / s.hw;
+    let o = bo % s.outputs;
+    let n0 = (bo / s.outputs) * spu;
+    let b = bias[o];
+    let mut acc = Array::<f32>::new(spu);
+    #[unroll]
+    for t in 0..spu {
+        acc[t] = b;
     }
-    out[pos] = sum;
+    // Group g's maps are channels g * cpg .. (g + 1) * cpg, M masks each, in weight order.
+    let cpg = s.kg / s.masks;
+    let first_channel = (o / s.og) * cpg;
+    let mut w = o * s.kg;
+    let mut xv = Array::<f32>::new(spu);
+    for ci in 0..cpg {
+        let c = first_channel + ci;
+        #[unroll]
+        for t in 0..spu {
+            xv[t] = x[(sample(n0, t, batch) * s.channels + c) * s.hw + p];
+        }
+        let mut nz = c * s.noise_channel_stride + p;
+        for _m in 0..s.masks {
+            let nv = s.level * noise[nz];
+            let wv = weight[w];
+            #[unroll]
+            for t in 0..spu {
+                acc[t] += wv * apply(xv[t] + nv, act);
+            }
+            nz += s.hw;
+            w += 1;
+        }
+    }
+    #[unroll]
+    for t in 0..spu {
+        if n0 + t < batch {
+            out[((n0 + t) * s.outputs + o) * s.hw + p] = acc[t];
+        }
+    }
 }
 
 #[cube(launch)]
@@ -159,22 +173,56 @@ fn grad_x_kernel(
     weight: &Tensor<f32>,
     dy: &Tensor<f32>,
     dx: &mut Tensor<f32>,
+    batch: usize,
     s: Sizes,
     #[comptime] act: FusedAct,
+    #[comptime] spu: usize,
 ) {
     let pos = ABSOLUTE_POS;
-    if pos >= dx.len() {
+    let blocks = (batch + spu - 1) / spu;
+    if pos >= blocks * s.channels * s.hw {
         terminate!();
     }
     let p = pos % s.hw;
-    let nc = pos / s.hw;
-    let c = nc % s.channels;
-    let n = nc / s.channels;
-    let mut sum = 0.0f32;
-    for m in 0..s.masks {
-        sum += map_gradient(x, noise, weight, dy, &s, n, c * s.masks + m, p, act);
+    let bc = pos / s.hw;
+    let c = bc % s.channels;
+    let n0 = (bc / s.channels) * spu;
+    // Channel c's maps are weights j0 .. j0 + M of group g (M divides Kg).
+    let g = (c * s.masks) / s.kg;
+    let j0 = (c * s.masks) % s.kg;
+    let mut xv = Array::<f32>::new(spu);
+    let mut acc = Array::<f32>::new(spu);
+    #[unroll]
+    for t in 0..spu {
+        xv[t] = x[(sample(n0, t, batch) * s.channels + c) * s.hw + p];
+        acc[t] = 0.0;
     }
-    dx[pos] = sum;
+    let mut d = Array::<f32>::new(spu);
+    for i in 0..s.og {
+        let o = g * s.og + i;
+        #[unroll]
+        for t in 0..spu {
+            d[t] = dy[(sample(n0, t, batch) * s.outputs + o) * s.hw + p];
+        }
+        let mut nz = c * s.noise_channel_stride + p;
+        let mut w = o * s.kg + j0;
+        for _m in 0..s.masks {
+            let nv = s.level * noise[nz];
+            let wv = weight[w];
+            #[unroll]
+            for t in 0..spu {
+                acc[t] += derivative(xv[t] + nv, act) * (wv * d[t]);
+            }
+            nz += s.hw;
+            w += 1;
+        }
+    }
+    #[unroll]
+    for t in 0..spu {
+        if n0 + t < batch {
+            dx[((n0 + t) * s.channels + c) * s.hw + p] = acc[t];
+        }
+    }
 }
 
 /// The mask gradient's first stage: chunk `q` of the (sample, channel) pairs that read mask value
@@ -205,6 +253,7 @@ fn grad_noise_partial_kernel(
     let p = v % s.hw;
     let cm = v / s.hw;
     let m = cm % s.masks;
+    let nv = s.level * noise[v];
     // The first input channel that reads this mask channel (shared masks have one, channel 0,
     // which every input channel reads).
     let first = cm / s.masks;
@@ -214,13 +263,42 @@ fn grad_noise_partial_kernel(
     if end > pairs {
         end = pairs;
     }
+    // Pair i is (sample i / readers, channel first + i % readers); channel ch's maps are the
+    // weights (ch % cpg) * M .. of group ch / cpg. Counters, not divisions, walk them.
+    let cpg = s.kg / s.masks;
+    let first_g = first / cpg;
+    let first_ci = first % cpg;
+    let mut n = start / readers;
+    let mut r = start % readers;
+    let mut ch = first + r;
+    let mut g = ch / cpg;
+    let mut ci = ch % cpg;
     let mut sum = 0.0f32;
     let mut i = start;
     while i < end {
-        let n = i / readers;
-        let k = (first + i % readers) * s.masks + m;
-        sum += map_gradient(x, noise, weight, dy, &s, n, k, p, act);
+        let d = derivative(x[(n * s.channels + ch) * s.hw + p] + nv, act);
+        let j = ci * s.masks + m;
+        let mut back = 0.0f32;
+        for u in 0..s.og {
+            let o = g * s.og + u;
+            back += weight[o * s.kg + j] * dy[(n * s.outputs + o) * s.hw + p];
+        }
+        sum += d * back;
         i += 1;
+        r += 1;
+        ch += 1;
+        ci += 1;
+        if ci == cpg {
+            ci = 0;
+            g += 1;
+        }
+        if r == readers {
+            r = 0;
+            n += 1;
+            ch = first;
+            g = first_g;
+            ci = first_ci;
+        }
     }
     partial[pos] = sum;
 }
@@ -240,8 +318,9 @@ fn sum_chunks_kernel(partial: &Tensor<f32>, out: &mut Tensor<f32>, chunks: usize
     out[pos] = scale * sum;
 }
 
-/// Cube (j, o): dW[o, j] = sum over n, p of dy[n, o, p] * act(perturbed map k(o, j)); the
-/// cube j = Kg sums dy alone, for the bias.
+/// Cube (r, o): dW[o, j] for the run of weights j = r * wpc .. r * wpc + wpc, each the sum over
+/// n, p of dy[n, o, p] * act(perturbed map k(o, j)); the cubes of run 0 also sum dy alone, for
+/// the bias.
 #[cube(launch)]
 fn grad_weight_kernel(
     x: &Tensor<f32>,
@@ -250,46 +329,104 @@ fn grad_weight_kernel(
     dweight: &mut Tensor<f32>,
     dbias: &mut Tensor<f32>,
     batch: usize,
+    p_units: usize,
+    n_units: usize,
     s: Sizes,
     #[comptime] act: FusedAct,
     #[comptime] units: usize,
+    #[comptime] wpc: usize,
 ) {
-    let j = CUBE_POS_X as usize;
+    let j0 = CUBE_POS_X as usize * wpc;
     let o = CUBE_POS_Y as usize;
     let unit = UNIT_POS_X as usize;
-    let k = (o / s.og) * s.kg + j;
-    let total = batch * s.hw;
-    let mut sum = 0.0f32;
-    let mut e = unit;
-    while e < total {
-        let n = e / s.hw;
-        let p = e % s.hw;
-        let g = dy[(n * s.outputs + o) * s.hw + p];
-        if j < s.kg {
-            sum += g * apply(perturbed(x, noise, &s, n, k, p), act);
-        } else {
-            sum += g;
-        }
-        e += units;
+    let mut count = s.kg - j0;
+    if count > wpc {
+        count = wpc;
     }
-    let mut partial = Shared::<[f32]>::new_slice(units);
-    partial[unit] = sum;
+    // Where the run's maps live: input channel offset and mask offset of each weight, found once
+    // per cube (a run may cross from one channel's masks to the next one's).
+    let k0 = (o / s.og) * s.kg + j0;
+    let mut c = k0 / s.masks;
+    let mut m = k0 % s.masks;
+    let mut x_at = Array::<usize>::new(wpc);
+    let mut noise_at = Array::<usize>::new(wpc);
+    let mut acc = Array::<f32>::new(wpc);
+    #[unroll]
+    for t in 0..wpc {
+        x_at[t] = c * s.hw;
+        noise_at[t] = c * s.noise_channel_stride + m * s.hw;
+        acc[t] = 0.0;
+        m += 1;
+        if m == s.masks {
+            m = 0;
+            c += 1;
+        }
+    }
+    // Units split into `p_units` over the pixels and `n_units` over the samples: a unit loads the
+    // run's mask values at its pixel once for every sample, and small maps (4 x 4 in the last
+    // stage) still keep every unit busy.
+    let mut dy_sum = 0.0f32;
+    let mut nv = Array::<f32>::new(wpc);
+    // Whether the run stays in one channel: then one x value serves all its weights.
+    let one_channel = k0 % s.masks + count <= s.masks;
+    if unit < p_units * n_units {
+        let mut p = unit % p_units;
+        while p < s.hw {
+            #[unroll]
+            for t in 0..wpc {
+                nv[t] = s.level * noise[noise_at[t] + p];
+            }
+            let mut n = unit / p_units;
+            while n < batch {
+                let gv = dy[(n * s.outputs + o) * s.hw + p];
+                let xn = n * s.channels * s.hw + p;
+                if one_channel {
+                    let xv = x[xn + x_at[0]];
+                    #[unroll]
+                    for t in 0..wpc {
+                        if t < count {
+                            acc[t] += gv * apply(xv + nv[t], act);
+                        }
+                    }
+                } else {
+                    #[unroll]
+                    for t in 0..wpc {
+                        if t < count {
+                            acc[t] += gv * apply(x[xn + x_at[t]] + nv[t], act);
+                        }
+                    }
+                }
+                dy_sum += gv;
+                n += n_units;
+            }
+            p += p_units;
+        }
+    }
+    // One column of `units` partial sums per weight, the bias's last.
+    let mut partial = Shared::<[f32]>::new_slice(comptime!(units * (wpc + 1)));
+    #[unroll]
+    for t in 0..wpc {
+        partial[t * units + unit] = acc[t];
+    }
+    partial[wpc * units + unit] = dy_sum;
     sync_cube();
     // A runtime loop over the halving widths (`units` itself is a compile-time value).
     let mut width = (units / 2).runtime();
     while width > 0 {
         if unit < width {
-            partial[unit] = partial[unit] + partial[unit + width];
+            #[unroll]
+            for t in 0..wpc + 1 {
+                partial[t * units + unit] = partial[t * units + unit] + partial[t * units + unit + width];
+            }
         }
         sync_cube();
         width /= 2;
     }
-    if unit == 0 {
-        if j < s.kg {
-            dweight[o * s.kg + j] = partial[0];
-        } else {
-            dbias[o] = partial[0];
-        }
+    if unit < count {
+        dweight[o * s.kg + j0 + unit] = partial[unit * units];
+    }
+    if unit == wpc && j0 == 0 {
+        dbias[o] = partial[wpc * units];
     }
 }
 
@@ -304,8 +441,9 @@ fn sizes(
     let [_, noise_c, m, _, _]: [usize; 5] = noise.meta.shape().dims();
     let [o, kg, _, _]: [usize; 4] = weight.meta.shape().dims();
     let groups = c * m / kg;
+    // M | Kg: each channel's M maps lie in one group (the kernels walk them as one run).
     assert!(
-        kg * groups == c * m && o % groups == 0 && (noise_c == c || noise_c == 1),
+        kg * groups == c * m && kg % m == 0 && o % groups == 0 && (noise_c == c || noise_c == 1),
         "perturb_combine: inconsistent shapes x {:?}, noise {:?}, weight {:?}",
         x.meta.shape(),
         noise.meta.shape(),
@@ -357,7 +495,7 @@ pub fn forward(
     let [_, _, h, w]: [usize; 4] = x.meta.shape().dims();
     let o = weight.meta.shape()[0];
     let out = empty_like(&x, Shape::new([n, o, h, w]));
-    let (count, dim) = elementwise(&x, n * o * h * w);
+    let (count, dim) = elementwise(&x, n.div_ceil(SAMPLES_PER_UNIT) * o * h * w);
     forward_kernel::launch(
         &x.client,
         count,
@@ -367,8 +505,10 @@ pub fn forward(
         weight.into_tensor_arg(),
         bias.into_tensor_arg(),
         out.clone().into_tensor_arg(),
+        n,
         s(),
         act,
+        SAMPLES_PER_UNIT,
     );
     out
 }
@@ -388,7 +528,8 @@ pub fn input_grads(
     let [o, kg]: [usize; 2] = [weight.meta.shape()[0], weight.meta.shape()[1]];
 
     let dx = empty_like(&x, x_shape.clone());
-    let (count, dim) = elementwise(&x, x_shape.num_elements());
+    let [_, c, h, w]: [usize; 4] = x_shape.dims();
+    let (count, dim) = elementwise(&x, n.div_ceil(SAMPLES_PER_UNIT) * c * h * w);
     grad_x_kernel::launch(
         &x.client,
         count,
@@ -398,15 +539,19 @@ pub fn input_grads(
         weight.clone().into_tensor_arg(),
         dy.clone().into_tensor_arg(),
         dx.clone().into_tensor_arg(),
+        n,
         s(),
         act,
+        SAMPLES_PER_UNIT,
     );
 
+    // The weight gradient's units over pixels (the rest over samples).
+    let p_units = (h * w).clamp(1, REDUCE_UNITS as usize);
     let dweight = empty_like(&x, weight.meta.shape().clone());
     let dbias = empty_like(&x, Shape::new([o]));
     grad_weight_kernel::launch(
         &x.client,
-        CubeCount::Static(kg as u32 + 1, o as u32, 1),
+        CubeCount::Static(kg.div_ceil(WEIGHTS_PER_CUBE) as u32, o as u32, 1),
         CubeDim::new_1d(REDUCE_UNITS),
         x.clone().into_tensor_arg(),
         noise.into_tensor_arg(),
@@ -414,9 +559,12 @@ pub fn input_grads(
         dweight.clone().into_tensor_arg(),
         dbias.clone().into_tensor_arg(),
         n,
+        p_units,
+        REDUCE_UNITS as usize / p_units,
         s(),
         act,
         REDUCE_UNITS as usize,
+        WEIGHTS_PER_CUBE,
     );
     (dx, dweight, dbias)
 }
