@@ -348,6 +348,8 @@ fn grad_weight_kernel(
     let k0 = (o / s.og) * s.kg + j0;
     let mut c = k0 / s.masks;
     let mut m = k0 % s.masks;
+    // A short last run's missing weights repeat its first one, so the inner loops need no bounds
+    // test; their sums are not written.
     let mut x_at = Array::<usize>::new(wpc);
     let mut noise_at = Array::<usize>::new(wpc);
     let mut acc = Array::<f32>::new(wpc);
@@ -356,10 +358,15 @@ fn grad_weight_kernel(
         x_at[t] = c * s.hw;
         noise_at[t] = c * s.noise_channel_stride + m * s.hw;
         acc[t] = 0.0;
-        m += 1;
-        if m == s.masks {
-            m = 0;
-            c += 1;
+        if t + 1 < count {
+            m += 1;
+            if m == s.masks {
+                m = 0;
+                c += 1;
+            }
+        } else {
+            c = k0 / s.masks;
+            m = k0 % s.masks;
         }
     }
     // Units split into `p_units` over the pixels and `n_units` over the samples: a unit loads the
@@ -384,16 +391,12 @@ fn grad_weight_kernel(
                     let xv = x[xn + x_at[0]];
                     #[unroll]
                     for t in 0..wpc {
-                        if t < count {
-                            acc[t] += gv * apply(xv + nv[t], act);
-                        }
+                        acc[t] += gv * apply(xv + nv[t], act);
                     }
                 } else {
                     #[unroll]
                     for t in 0..wpc {
-                        if t < count {
-                            acc[t] += gv * apply(x[xn + x_at[t]] + nv[t], act);
-                        }
+                        acc[t] += gv * apply(x[xn + x_at[t]] + nv[t], act);
                     }
                 }
                 dy_sum += gv;
