@@ -108,6 +108,47 @@ fn sample(n0: usize, t: usize, batch: usize) -> usize {
     select(n0 + t < batch, n0 + t, batch - 1)
 }
 
+/// `into[t] = from[sample t, row, p]` for the block of samples starting at `n0`, `from` being
+/// [N, rows, HW].
+#[cube]
+fn load_block(
+    from: &Tensor<f32>,
+    into: &mut Array<f32>,
+    n0: usize,
+    batch: usize,
+    rows: usize,
+    row: usize,
+    hw: usize,
+    p: usize,
+    #[comptime] spu: usize,
+) {
+    #[unroll]
+    for t in 0..spu {
+        into[t] = from[(sample(n0, t, batch) * rows + row) * hw + p];
+    }
+}
+
+/// `to[n0 + t, row, p] = values[t]` for the block's samples that exist.
+#[cube]
+fn store_block(
+    to: &mut Tensor<f32>,
+    values: &Array<f32>,
+    n0: usize,
+    batch: usize,
+    rows: usize,
+    row: usize,
+    hw: usize,
+    p: usize,
+    #[comptime] spu: usize,
+) {
+    #[unroll]
+    for t in 0..spu {
+        if n0 + t < batch {
+            to[((n0 + t) * rows + row) * hw + p] = values[t];
+        }
+    }
+}
+
 #[cube(launch)]
 fn forward_kernel(
     x: &Tensor<f32>,
@@ -142,10 +183,7 @@ fn forward_kernel(
     let mut xv = Array::<f32>::new(spu);
     for ci in 0..cpg {
         let c = first_channel + ci;
-        #[unroll]
-        for t in 0..spu {
-            xv[t] = x[(sample(n0, t, batch) * s.channels + c) * s.hw + p];
-        }
+        load_block(x, &mut xv, n0, batch, s.channels, c, s.hw, p, spu);
         let mut nz = c * s.noise_channel_stride + p;
         for _m in 0..s.masks {
             let nv = s.level * noise[nz];
@@ -158,12 +196,7 @@ fn forward_kernel(
             w += 1;
         }
     }
-    #[unroll]
-    for t in 0..spu {
-        if n0 + t < batch {
-            out[((n0 + t) * s.outputs + o) * s.hw + p] = acc[t];
-        }
-    }
+    store_block(out, &acc, n0, batch, s.outputs, o, s.hw, p, spu);
 }
 
 #[cube(launch)]
@@ -191,19 +224,16 @@ fn grad_x_kernel(
     let g = (c * s.masks) / s.kg;
     let j0 = (c * s.masks) % s.kg;
     let mut xv = Array::<f32>::new(spu);
+    load_block(x, &mut xv, n0, batch, s.channels, c, s.hw, p, spu);
     let mut acc = Array::<f32>::new(spu);
     #[unroll]
     for t in 0..spu {
-        xv[t] = x[(sample(n0, t, batch) * s.channels + c) * s.hw + p];
         acc[t] = 0.0;
     }
     let mut d = Array::<f32>::new(spu);
     for i in 0..s.og {
         let o = g * s.og + i;
-        #[unroll]
-        for t in 0..spu {
-            d[t] = dy[(sample(n0, t, batch) * s.outputs + o) * s.hw + p];
-        }
+        load_block(dy, &mut d, n0, batch, s.outputs, o, s.hw, p, spu);
         let mut nz = c * s.noise_channel_stride + p;
         let mut w = o * s.kg + j0;
         for _m in 0..s.masks {
@@ -217,12 +247,7 @@ fn grad_x_kernel(
             w += 1;
         }
     }
-    #[unroll]
-    for t in 0..spu {
-        if n0 + t < batch {
-            dx[((n0 + t) * s.channels + c) * s.hw + p] = acc[t];
-        }
-    }
+    store_block(dx, &acc, n0, batch, s.channels, c, s.hw, p, spu);
 }
 
 /// The mask gradient's first stage: chunk `q` of the (sample, channel) pairs that read mask value
@@ -346,8 +371,10 @@ fn grad_weight_kernel(
     // Where the run's maps live: input channel offset and mask offset of each weight, found once
     // per cube (a run may cross from one channel's masks to the next one's).
     let k0 = (o / s.og) * s.kg + j0;
-    let mut c = k0 / s.masks;
-    let mut m = k0 % s.masks;
+    let c0 = k0 / s.masks;
+    let m0 = k0 % s.masks;
+    let mut c = c0;
+    let mut m = m0;
     // A short last run's missing weights repeat its first one, so the inner loops need no bounds
     // test; their sums are not written.
     let mut x_at = Array::<usize>::new(wpc);
@@ -365,8 +392,8 @@ fn grad_weight_kernel(
                 c += 1;
             }
         } else {
-            c = k0 / s.masks;
-            m = k0 % s.masks;
+            c = c0;
+            m = m0;
         }
     }
     // Units split into `p_units` over the pixels and `n_units` over the samples: a unit loads the
@@ -375,7 +402,7 @@ fn grad_weight_kernel(
     let mut dy_sum = 0.0f32;
     let mut nv = Array::<f32>::new(wpc);
     // Whether the run stays in one channel: then one x value serves all its weights.
-    let one_channel = k0 % s.masks + count <= s.masks;
+    let one_channel = m0 + count <= s.masks;
     if unit < p_units * n_units {
         let mut p = unit % p_units;
         while p < s.hw {
