@@ -10,6 +10,8 @@
 #                                     .gpu-fuse/  the same two with --features vulkan,gpu-autotune,gpu-fusion;
 #                                     .gpu-data/  CIFAR-10 (the JPEG archive of ../shared/data);
 #                                     .gl/        the Vulkan loader's Debian packages.
+#                                   A bundle whose `stamp` matches the committed sources and features is
+#                                   kept, not rebuilt: a session without a GPU can prepare for the next one.
 #   scripts/gpu-check.sh run        on the GPU machine, as one device call, at most about 9 minutes:
 #                                     run(command="scripts/gpu-check.sh run", carry=[".gpu", ".gpu-data", ".gl"], timeout_s=570)
 #                                   1. the GPU tests (tests/gpu.rs: the fused layer's CubeCL kernels against
@@ -35,9 +37,27 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# Builds pnn and the GPU test binary with `features`, stripped and compressed into folder `dir`.
+# What a bundle is built from: the git objects of every build input, and the features. Empty when
+# a build input has uncommitted changes (then no bundle counts as up to date).
+source_stamp() {
+  local inputs=(src tests assets Cargo.toml Cargo.lock build.rs)
+  [ -z "$(git status --porcelain -- "${inputs[@]}")" ] || return 0
+  printf 'features %s\nsource %s\n' "$1" "$(git rev-parse "${inputs[@]/#/HEAD:}" | sha1sum | cut -c1-40)"
+}
+
+# Builds pnn and the GPU test binary with `features`, stripped and compressed into folder `dir`,
+# unless `dir` holds a bundle of the same sources and features already (its `stamp`): a session
+# that prepared the bundles leaves them for the next one with a GPU, which then skips the
+# 45-60 minutes of building. `dir/stamp` also names the commit, for the report.
 bundle() {
-  local features=$1 dir=$2 test_bin
+  local features=$1 dir=$2 test_bin stamp
+  stamp=$(source_stamp "$features")
+  if [ -n "$stamp" ] && [ -f "$dir/stamp" ] && [ "$(head -2 "$dir/stamp")" = "$stamp" ] \
+    && [ -f "$dir/pnn.xz" ] && [ -f "$dir/gpu-tests.xz" ]; then
+    echo "$dir: up to date ($(tail -1 "$dir/stamp")), not rebuilt"
+    return 0
+  fi
+  rm -f "$dir/stamp"
   cargo build --release --features "$features"
   cargo test --release --features "$features" --test gpu --no-run 2>&1 | tee /tmp/gpu-test-build.log
   test_bin=$(grep -o 'target/release/deps/gpu-[0-9a-f]*' /tmp/gpu-test-build.log | tail -1)
@@ -47,6 +67,9 @@ bundle() {
   strip -o /tmp/bundle-tests "$test_bin"
   xz -T2 -6 -c /tmp/bundle-pnn > "$dir/pnn.xz"
   xz -T2 -6 -c /tmp/bundle-tests > "$dir/gpu-tests.xz"
+  if [ -n "$stamp" ]; then
+    printf '%s\ncommit %s\n' "$stamp" "$(git rev-parse --short=12 HEAD)" > "$dir/stamp"
+  fi
 }
 
 prepare() {
@@ -58,6 +81,17 @@ prepare() {
   mkdir -p .gpu-data .gl
   for dir in .gpu-data .gl; do grep -qx "/$dir/" .git/info/exclude || echo "/$dir/" >> .git/info/exclude; done
   cp ../shared/data/cifar10-jpeg.tar.gz .gpu-data/
+  if [ "$(ls .gl/*.deb 2>/dev/null | wc -l)" -ge 7 ]; then
+    echo ".gl: the Vulkan loader's packages are there, not downloaded again"
+  else
+    download_loader
+  fi
+  du -sh .gpu .gpu-tune .gpu-fuse .gpu-data .gl
+  echo "ready: run(command=\"scripts/gpu-check.sh run\", carry=[\".gpu\", \".gpu-data\", \".gl\"], timeout_s=570)"
+}
+
+# The Vulkan loader's Debian packages, into .gl.
+download_loader() {
   local o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
   mkdir -p /tmp/amd64/partial
   # shellcheck disable=SC2086
@@ -66,8 +100,6 @@ prepare() {
   # The loader, and libglvnd's dispatch libraries that the NVIDIA driver's Vulkan library links
   # against (without them the loader finds the driver's manifest but no adapter).
   (cd .gl && apt-get $o download libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2)
-  du -sh .gpu .gpu-tune .gpu-fuse .gpu-data .gl
-  echo "ready: run(command=\"scripts/gpu-check.sh run\", carry=[\".gpu\", \".gpu-data\", \".gl\"], timeout_s=570)"
 }
 
 # The experiment table's eight commands (cifarnet and lenet are not in the table).
@@ -88,6 +120,15 @@ with_gpu_memory() {
   echo "gpu-peak-mib: $(sort -n "$samples" | tail -1)"
   rm -f "$samples"
   return $rc
+}
+
+# The commit each carried bundle was built from (its stamp; the device machine has no .git).
+bundle_commits() {
+  local dir
+  for dir in .gpu .gpu-tune .gpu-fuse; do
+    [ -f "$dir/pnn.xz" ] || continue
+    printf '%s %s; ' "$dir" "$( (tail -1 "$dir/stamp" 2>/dev/null || echo 'commit unknown (no stamp)') )"
+  done
 }
 
 # On the GPU machine: the Vulkan loader (carried as Debian packages), the NVIDIA driver's Vulkan
@@ -246,7 +287,7 @@ run_half() {
     echo "# pnn on a GPU (Vulkan) beside PyTorch (CUDA)"
     echo
     echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
-    echo "- PyTorch $(python3 -c 'import torch; print(torch.__version__)'); pnn $(git rev-parse --short HEAD 2>/dev/null)"
+    echo "- PyTorch $(python3 -c 'import torch; print(torch.__version__)'); pnn bundles: $(bundle_commits)"
     echo "- started $(date -u +%FT%TZ)"
     echo
   } > "$report"
@@ -363,7 +404,7 @@ tune_half() {
     echo "# burn's autotune (and fusion) on a GPU (Vulkan), beside PyTorch (CUDA)"
     echo
     echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
-    echo "- PyTorch $(python3 -c 'import torch; print(torch.__version__)'); builds: ${builds[*]}; started $(date -u +%FT%TZ)"
+    echo "- PyTorch $(python3 -c 'import torch; print(torch.__version__)'); builds: ${builds[*]} ($(bundle_commits)); started $(date -u +%FT%TZ)"
     echo
     echo "## 1. GPU tests"
   } > "$report"

@@ -430,6 +430,50 @@ mod on_gpu {
             "summary.json names the devices"
         );
     }
+
+    /// A two-device run stopped mid-epoch and resumed from its checkpoint ends with the metrics
+    /// of the same run left alone: the replicas are rebuilt from the saved model and optimizer,
+    /// not carried over from before the stop.
+    #[test]
+    fn data_parallel_run_stopped_and_resumed_matches_the_uninterrupted_run() {
+        let Some(first) = gpu_device() else { return };
+        let Some(second) = second_device(&first) else { return };
+        let _rng = rng_lock();
+        let data = tempfile::tempdir().unwrap();
+        super::common::write_tiny_mnist(data.path(), 200, 50);
+        let runs = tempfile::tempdir().unwrap();
+        let mut flags = vec!["--dataroot", data.path().to_str().unwrap(), "--nepochs", "2"];
+        flags.extend(super::common::TINY_LENET);
+        let config = TrainArgs::parse_flags(flags).unwrap().to_config().unwrap();
+        let options = |save: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<usize>| {
+            let mut opts = RunOptions::quiet(Some(save.to_path_buf()));
+            opts.resume = resume;
+            opts.stop_after_steps = stop;
+            opts.backend = Backend {
+                device: first.clone(),
+                replicas: vec![second.clone()],
+                name: "two test devices, data parallel".to_string(),
+            };
+            opts
+        };
+        let straight = runs.path().join("straight");
+        pnn::train::train(&config, options(&straight, None, None)).unwrap();
+        let stopped = runs.path().join("stopped");
+        let last = stopped.join("checkpoint-last");
+        // 13 steps an epoch (200 images in batches of 16): stopped 5 steps into epoch 1.
+        let err = pnn::train::train(&config, options(&stopped, None, Some(5))).unwrap_err();
+        assert!(
+            err.downcast_ref::<pnn::train::interrupt::Interrupted>().is_some(),
+            "stopped on request: {err:#}"
+        );
+        let summary = pnn::train::train(&config, options(&stopped, Some(last), None)).unwrap();
+        assert_eq!(summary.history.len(), 2);
+        assert_eq!(
+            super::common::metrics_without_timing(&stopped),
+            super::common::metrics_without_timing(&straight),
+            "stopped and resumed over two devices: the same metrics as the run left alone"
+        );
+    }
 }
 
 #[cfg(not(feature = "gpu"))]
