@@ -398,25 +398,35 @@ mod on_gpu {
         }
     }
 
-    /// A whole run over two devices: lenet on the tiny MNIST set learns, and its files record
-    /// both devices.
-    #[test]
-    fn data_parallel_training_run_learns_and_records_its_devices() {
-        let Some(first) = gpu_device() else { return };
-        let Some(second) = second_device(&first) else { return };
-        let _rng = rng_lock();
+    /// lenet on a tiny MNIST set (kept in the returned folder) for 2 epochs, and the test device
+    /// with a second one; None (the test returns) where there are not two devices.
+    fn two_device_lenet() -> Option<(tempfile::TempDir, Config, Backend)> {
+        let first = gpu_device()?;
+        let second = second_device(&first)?;
         let data = tempfile::tempdir().unwrap();
         super::common::write_tiny_mnist(data.path(), 200, 50);
-        let runs = tempfile::tempdir().unwrap();
         let mut flags = vec!["--dataroot", data.path().to_str().unwrap(), "--nepochs", "2"];
         flags.extend(super::common::TINY_LENET);
         let config = TrainArgs::parse_flags(flags).unwrap().to_config().unwrap();
-        let mut opts = RunOptions::quiet(Some(runs.path().to_path_buf()));
-        opts.backend = Backend {
+        let backend = Backend {
             device: first,
             replicas: vec![second],
             name: "two test devices, data parallel".to_string(),
         };
+        Some((data, config, backend))
+    }
+
+    /// A whole run over two devices: lenet on the tiny MNIST set learns, and its files record
+    /// both devices.
+    #[test]
+    fn data_parallel_training_run_learns_and_records_its_devices() {
+        let Some((_data, config, backend)) = two_device_lenet() else {
+            return;
+        };
+        let _rng = rng_lock();
+        let runs = tempfile::tempdir().unwrap();
+        let mut opts = RunOptions::quiet(Some(runs.path().to_path_buf()));
+        opts.backend = backend;
         let summary = pnn::train::train(&config, opts).unwrap();
         assert_eq!(summary.history.len(), 2);
         let (best, _) = summary.best().unwrap();
@@ -432,28 +442,20 @@ mod on_gpu {
     }
 
     /// A two-device run stopped mid-epoch and resumed from its checkpoint ends with the metrics
-    /// of the same run left alone: the replicas are rebuilt from the saved model and optimizer,
-    /// not carried over from before the stop.
+    /// of the same run left alone: everything a step needs is the model device's (model,
+    /// optimizer, the step's seed), and the replicas take the resumed model's values.
     #[test]
     fn data_parallel_run_stopped_and_resumed_matches_the_uninterrupted_run() {
-        let Some(first) = gpu_device() else { return };
-        let Some(second) = second_device(&first) else { return };
+        let Some((_data, config, backend)) = two_device_lenet() else {
+            return;
+        };
         let _rng = rng_lock();
-        let data = tempfile::tempdir().unwrap();
-        super::common::write_tiny_mnist(data.path(), 200, 50);
         let runs = tempfile::tempdir().unwrap();
-        let mut flags = vec!["--dataroot", data.path().to_str().unwrap(), "--nepochs", "2"];
-        flags.extend(super::common::TINY_LENET);
-        let config = TrainArgs::parse_flags(flags).unwrap().to_config().unwrap();
         let options = |save: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<usize>| {
             let mut opts = RunOptions::quiet(Some(save.to_path_buf()));
             opts.resume = resume;
             opts.stop_after_steps = stop;
-            opts.backend = Backend {
-                device: first.clone(),
-                replicas: vec![second.clone()],
-                name: "two test devices, data parallel".to_string(),
-            };
+            opts.backend = backend.clone();
             opts
         };
         let straight = runs.path().join("straight");
