@@ -21,6 +21,9 @@ use crate::train::step::StepDevices;
 pub struct BenchResult {
     pub step_images_per_sec: f64,
     pub median_step_seconds: f64,
+    /// The first step, which on a GPU also compiles every kernel and, in an autotuning build,
+    /// tunes each new kernel shape (cached on disk: a second run is faster).
+    pub first_step_seconds: f64,
     pub loader_images_per_sec: f64,
     pub peak_rss_mib: Option<f64>,
 }
@@ -70,6 +73,7 @@ pub fn run(config: &Config, backend: &Backend, warmup: usize, steps: usize) -> R
     // The training loop's step: on every device of a data-parallel backend.
     let mut devices = StepDevices::new(config, geometry, &device, &backend.replicas)?;
     let mut times = Vec::new();
+    let mut first_step_seconds = 0.0;
     for (i, batch) in loader.epoch(2).take(warmup + steps).enumerate() {
         let start = Instant::now();
         // Reads the loss back, so waits for the forward pass, as training does.
@@ -78,8 +82,12 @@ pub fn run(config: &Config, backend: &Backend, warmup: usize, steps: usize) -> R
         for device in backend.devices() {
             device.sync()?;
         }
+        let seconds = start.elapsed().as_secs_f64();
+        if i == 0 {
+            first_step_seconds = seconds;
+        }
         if i >= warmup {
-            times.push(start.elapsed().as_secs_f64());
+            times.push(seconds);
         }
     }
     times.sort_by(f64::total_cmp);
@@ -87,6 +95,7 @@ pub fn run(config: &Config, backend: &Backend, warmup: usize, steps: usize) -> R
     Ok(BenchResult {
         step_images_per_sec: config.batch_size as f64 / median,
         median_step_seconds: median,
+        first_step_seconds,
         loader_images_per_sec,
         peak_rss_mib: peak_rss_mib(),
     })

@@ -173,6 +173,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r.median_step_seconds * 1e3,
                 steps.max(1)
             );
+            println!(
+                "  first step:    {:.2} s (on a GPU: compiling{} the kernels)",
+                r.first_step_seconds,
+                if pnn::device::AUTOTUNE { " and tuning" } else { "" }
+            );
             println!("  data loader:   {:.0} images/s", r.loader_images_per_sec);
             println!(
                 "  loader / step: {:.0}x",
@@ -299,6 +304,8 @@ fn load_runs(paths: &[PathBuf]) -> anyhow::Result<Vec<RecordedRun>> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first in main, before any thread is started.
+    unsafe { pnn::device::use_installed_libdevice() };
     pnn::allocator::keep_freed_memory();
     let cli = Cli::parse();
     // The command runs on one of the worker threads of rayon's pool rather than beside them. A

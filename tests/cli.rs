@@ -248,10 +248,39 @@ fn a_gpu_device_without_its_build_feature_says_how_to_build_it() {
             "{device}: {e}"
         );
     }
+    if !cfg!(feature = "cuda") {
+        let e = pnn::device::Backend::parse("cuda:1").unwrap_err().to_string();
+        assert!(e.contains("scripts/setup-cuda-build.sh"), "{e}");
+    }
     let e = pnn::device::Backend::parse("metal").unwrap_err().to_string();
     assert!(e.contains("wgpu[:N]") && e.contains("vulkan[:N]"), "{e}");
     let e = pnn::device::Backend::parse("wgpu:first").unwrap_err().to_string();
     assert!(e.contains("GPU number"), "{e}");
+}
+
+/// A CUDA run's libdevice: CUDA_PATH alone when it is set (as burn's CUDA backend reads it), else
+/// an installed toolkit, else the copy `scripts/setup-cuda-build.sh` installs.
+#[test]
+fn libdevice_is_found_where_the_cuda_backend_and_the_setup_script_put_it() {
+    use pnn::device::locate_libdevice;
+    let dir = tempfile::tempdir().unwrap();
+    let root = |name: &str, with_libdevice: bool| {
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(root.join("nvvm/libdevice")).unwrap();
+        if with_libdevice {
+            std::fs::write(root.join("nvvm/libdevice/libdevice.10.bc"), b"BC").unwrap();
+        }
+        root
+    };
+    let (toolkit, empty, installed) = (root("toolkit", true), root("empty", false), root("installed", true));
+    let libdevice = |root: &std::path::Path| Some(root.join("nvvm/libdevice/libdevice.10.bc"));
+    let toolkits = [empty.clone(), toolkit.clone()];
+    assert_eq!(locate_libdevice(None, &toolkits, Some(installed.clone())), libdevice(&toolkit));
+    assert_eq!(locate_libdevice(None, &toolkits[..1], Some(installed.clone())), libdevice(&installed));
+    assert_eq!(locate_libdevice(Some(installed.clone()), &toolkits, None), libdevice(&installed));
+    // A CUDA_PATH without libdevice is not passed over for another: the backend would not either.
+    assert_eq!(locate_libdevice(Some(empty.clone()), &toolkits, Some(installed)), None);
+    assert_eq!(locate_libdevice(None, &toolkits[..1], None), None);
 }
 
 /// A list of devices (data parallel) that cannot work is refused before anything runs, with

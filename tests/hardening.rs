@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
-use common::{TINY_LENET, metrics_without_timing, write_tiny_mnist};
+use common::{TINY_LENET, metrics_without_timing, write_cifar10_release, write_tiny_mnist};
 use pnn::config::{Config, TrainArgs};
 use pnn::train::checkpoint;
 use pnn::train::interrupt::Interrupted;
@@ -305,4 +305,62 @@ No backtrace available";
     // A report with nothing informative still gives the sentence.
     let message = pnn::device::device_failure("test loss", "Caused by:\nNo backtrace available");
     assert!(message.contains("(no cause given)"), "{message}");
+}
+
+/// The models' numbers do not drift: fixed-seed runs end with the metrics recorded in
+/// `tests/recorded/`, to the last digit (timing fields aside). lenet with its perturbation layers
+/// on the tiny MNIST set; on a tiny CIFAR-10 release, noiseresnet18 with a 7x7 first convolution
+/// (k x k convolutions, BatchNorm, max pooling, residual additions) and perturb_resnet18 with 4
+/// trainable masks per channel (the fused layer and its mask gradient). A change that only moves
+/// code leaves these as they are; one that changes the arithmetic shows here, and then the
+/// recording is renewed on purpose: `PNN_RECORD=1 cargo test --test hardening recorded`.
+#[test]
+fn fixed_seed_runs_reproduce_the_recorded_metrics() {
+    let _turn = one_at_a_time();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("mnist")).unwrap();
+    write_tiny_mnist(&data.path().join("mnist"), 96, 32);
+    write_cifar10_release(&data.path().join("cifar"), 24);
+    let cifar = |net: &[&'static str]| -> Vec<&'static str> {
+        let mut flags = vec![
+            "--dataset-train", "CIFAR10", "--dataset-test", "CIFAR10", "--no-download", "--batch-size", "8",
+            "--nepochs", "2", "--learning-rate", "0.01", "--nfilters", "4",
+        ];
+        flags.extend_from_slice(net);
+        flags
+    };
+    let runs: [(&str, &Path, Vec<&str>); 3] = [
+        ("lenet-mnist", &data.path().join("mnist"), {
+            let mut flags = TINY_LENET.to_vec();
+            flags.extend(["--nepochs", "2"]);
+            flags
+        }),
+        ("noiseresnet18-7x7-cifar", &data.path().join("cifar"), cifar(&["--net-type", "noiseresnet18", "--first_filter_size", "7"])),
+        ("perturb_resnet18-4masks-cifar", &data.path().join("cifar"), cifar(&[
+            "--net-type", "perturb_resnet18", "--first_filter_size", "3", "--filter_size", "0", "--nmasks", "4",
+            "--train_masks",
+        ])),
+    ];
+    let record = std::env::var("PNN_RECORD").is_ok_and(|v| v == "1");
+    let out = tempfile::tempdir().unwrap();
+    for (name, dataroot, flags) in runs {
+        let mut args = vec!["--dataroot", dataroot.to_str().unwrap()];
+        args.extend(flags);
+        let cfg = TrainArgs::parse_flags(args).unwrap().to_config().unwrap();
+        let run = out.path().join(name);
+        // The hand-written CPU operations split their sums by thread count, so the last digits
+        // depend on it: the recording was made with two threads, and every machine runs two.
+        let two_threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        two_threads.install(|| train::train(&cfg, RunOptions::quiet(Some(run.clone())))).unwrap();
+        let got: String = metrics_without_timing(&run).iter().map(|m| format!("{m}\n")).collect();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recorded").join(format!("{name}.jsonl"));
+        if record {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (PNN_RECORD=1 writes it)", path.display()));
+        assert_eq!(got, want, "{name}: the metrics differ from {}", path.display());
+    }
 }

@@ -70,6 +70,11 @@ impl StepDevices {
         })
     }
 
+    /// Whether the model lives on a GPU (so its first step compiles kernels).
+    pub fn on_gpu(&self) -> bool {
+        self.device.clone().without_autodiff() != Device::flex()
+    }
+
     /// Seeds every device's random stream (dropout, RReLU) for a step: the model's device with
     /// `seed` itself, as a one-device run, the others with seeds derived from it. The cubecl
     /// backends keep one generator for all their devices, so the model's device is seeded last:

@@ -440,6 +440,7 @@ fn train_epoch(
             println!("\nBatch: {step}");
         }
         devices.seed(step_seed(config.manual_seed, epoch, step));
+        let step_start = Instant::now();
         // The step's reads from the device fail where the device's work did.
         let result = match devices.forward_backward(&model, &batch, loss_fn) {
             Ok(result) => result,
@@ -467,6 +468,9 @@ fn train_epoch(
         model = optimizer.step(lr, model, result.grads);
         totals.add_batch(loss_value, result.correct, batch.len());
         budget.taken += 1;
+        if session_images == 0 && devices.on_gpu() {
+            report_slow_first_step(&progress, step_start.elapsed().as_secs_f64());
+        }
         session_images += batch.len();
         progress.inc(1);
         progress.set_message(format!(
@@ -477,6 +481,20 @@ fn train_epoch(
     }
     progress.finish_and_clear();
     Ok((model, EpochOutcome::Finished(totals)))
+}
+
+/// Says how long a process's first step took when that was long enough to be noticed: on a GPU
+/// it compiles every kernel and, in an autotuning build, tunes each new kernel shape.
+fn report_slow_first_step(progress: &indicatif::ProgressBar, seconds: f64) {
+    if seconds >= 5.0 {
+        let tuning = if device::AUTOTUNE {
+            " and tuning (the tuning is kept on disk: the next run of these shapes skips it)"
+        } else {
+            ""
+        };
+        let line = format!("first step: {seconds:.1} s, most of it compiling{tuning} the GPU kernels");
+        if progress.is_hidden() { println!("{line}") } else { progress.println(line) }
+    }
 }
 
 /// Evaluates on the test set: correct accuracy over all of it, and the original code's smoothed

@@ -7,10 +7,15 @@
 //!
 //! The CPU backend (burn's `flex`) is always built. The GPU backends are cargo features, built
 //! only when asked for (`--features vulkan`, `--features cuda`, `--features wgpu`), because
-//! they triple the build time and `cuda`'s build script needs to download an LLVM bundle.
+//! they triple the build time, and `cuda` needs LLVM, which `scripts/setup-cuda-build.sh` installs.
+
+mod cuda;
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
+
+use cuda::{cuda, cuda_needs};
+pub use cuda::{find_libdevice, locate_libdevice, use_installed_libdevice};
 
 /// A device and the name recorded in result files.
 #[derive(Debug, Clone)]
@@ -121,17 +126,14 @@ impl Backend {
         match kind.to_ascii_lowercase().as_str() {
             "auto" if index.is_none() => Ok(Self::auto()),
             "cpu" | "flex" => Ok(Self::cpu()),
-            "vulkan" => opened(
-                vulkan(index)?,
-                "Vulkan",
-                "the Vulkan loader (libvulkan1) and the GPU driver's Vulkan support",
-            ),
-            "cuda" => opened(cuda(index)?, "CUDA", "the NVIDIA driver"),
-            "wgpu" => opened(
-                wgpu(index)?,
-                "wgpu",
-                "a graphics driver with Vulkan, Metal or DX12 (on Linux: libvulkan1 and the driver's Vulkan support)",
-            ),
+            "vulkan" => opened(vulkan(index)?, "Vulkan", || {
+                "the Vulkan loader (libvulkan1) and the GPU driver's Vulkan support".to_string()
+            }),
+            "cuda" => opened(cuda(index)?, "CUDA", cuda_needs),
+            "wgpu" => opened(wgpu(index)?, "wgpu", || {
+                "a graphics driver with Vulkan, Metal or DX12 (on Linux: libvulkan1 and the driver's Vulkan support)"
+                    .to_string()
+            }),
             other => bail!("--device {other} is unknown: use auto, cpu, vulkan[:N], cuda[:N] or wgpu[:N]"),
         }
     }
@@ -162,14 +164,15 @@ impl Backend {
 
 /// The backend, if its device answers; else an error that names what is missing (opening a GPU
 /// that is not there panics inside the runtime, on its own thread).
-fn opened(backend: Backend, api: &str, needs: &str) -> Result<Backend> {
+fn opened(backend: Backend, api: &str, needs: impl FnOnce() -> String) -> Result<Backend> {
     if answers(&backend.device) {
         return Ok(backend);
     }
     bail!(
-        "--device {}: no {api} GPU could be opened on this machine. A GPU run needs {needs}; \
+        "--device {}: no {api} GPU could be opened on this machine. A GPU run needs {}; \
          `--device cpu` runs without one (docs/gpu.md says what a GPU machine needs)",
-        backend.name
+        backend.name,
+        needs()
     )
 }
 
@@ -212,17 +215,19 @@ pub fn answers(device: &Device) -> bool {
     matches!(result, Ok(v) if v == 3.0)
 }
 
+/// Whether burn tunes its GPU kernels (convolutions, matrix products, reductions) before their
+/// first use: part of `vulkan` and `cuda` (a step 3.4-3.9x faster on an NVIDIA H200,
+/// docs/speed/gpu-h200-autotune.md), and of `wgpu` only with `gpu-autotune`, since the tests on a
+/// CPU Vulkan driver would spend most of their time tuning.
+pub const AUTOTUNE: bool = cfg!(any(feature = "gpu-autotune", feature = "vulkan", feature = "cuda"));
+
 /// Appended to a GPU backend's name (so recorded in every result file): whether burn tunes its
-/// GPU kernels (the `gpu-autotune` feature), which changes a GPU run's speed several times over.
+/// GPU kernels, which changes a GPU run's speed several times over.
 #[allow(dead_code)] // only the GPU builds name a GPU backend
-const GPU_KERNELS: &str = if cfg!(feature = "gpu-autotune") {
-    ", burn autotune"
-} else {
-    ""
-};
+const GPU_KERNELS: &str = if AUTOTUNE { ", burn autotune" } else { "" };
 
 /// Printed at the start of a GPU run of an autotuning build: its first steps look stuck.
-pub const AUTOTUNE_NOTE: Option<&str> = if cfg!(feature = "gpu-autotune") {
+pub const AUTOTUNE_NOTE: Option<&str> = if AUTOTUNE {
     Some(
         "burn tunes each GPU kernel shape before its first use: the first steps of a fresh run take minutes \
          (2-3 on an NVIDIA H200); cubecl caches the choices, in target/environment/ inside a cargo project, \
@@ -309,24 +314,4 @@ fn wgpu_backed(api: WgpuApi, adapter: Adapter) -> Result<Backend> {
         }
     }
     unreachable!("{feature} is built in (checked above)")
-}
-
-#[cfg(feature = "cuda")]
-fn cuda(index: Option<usize>) -> Result<Backend> {
-    let device = match index {
-        Some(i) => Device::cuda(i),
-        None => Device::cuda(burn::tensor::DeviceIndex::Default),
-    };
-    Ok(Backend::one(
-        device,
-        format!("cuda:{}{GPU_KERNELS}", index.unwrap_or(0)),
-    ))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda(_index: Option<usize>) -> Result<Backend> {
-    bail!(
-        "this pnn was built without CUDA support: rebuild with `cargo build --release --features cuda` \
-         (its build downloads an LLVM bundle, so it needs network access) to use --device cuda"
-    )
 }
