@@ -24,6 +24,8 @@
 #                                      tuning) for the experiment table's commands at batch 16 and 64:
 #                                      pnn on CUDA, pnn on Vulkan and PyTorch (CUDA), one after the other,
 #                                      and what the whole 150-epoch table would take on this GPU with each;
+#                                   2b. command 7 data parallel on the one GPU opened twice (Vulkan),
+#                                      beside one device: what the replicas and transfers cost;
 #                                   3. 2 epochs of perturb_resnet18 --first_filter_size 3 --filter_size 0
 #                                      --nmasks 64 --no-unique_masks on CIFAR-10 through CUDA, with both
 #                                      accuracies, on as much of the training set as the time left allows.
@@ -373,6 +375,21 @@ run_half() {
     echo "Commands: bench/commands.sh (the row number is the experiment table's). Table done after $((SECONDS - t0)) s."
     echo
   } >> "$report"
+
+  # Data parallel's own cost: the one GPU opened twice (vulkan and vulkan:0 are two devices
+  # there) splits each batch in two, beside the same command on one device. The same GPU does
+  # both halves, so this measures the replicas' copies and the gradients' transfer, not a
+  # speed-up, which needs two GPUs.
+  if [ $((t0 + train_end - SECONDS)) -gt 150 ]; then
+    local flags7=${commands[6]} one two
+    one=$(measure "$out/bench.log" 60 /tmp/pnn bench --device vulkan $flags7 --batch-size 64 --steps "$steps" --warmup 2)
+    two=$(measure "$out/bench.log" 60 /tmp/pnn bench --device vulkan,vulkan:0 $flags7 --batch-size 64 --steps "$steps" --warmup 2)
+    {
+      echo "Data parallel on the one GPU opened twice (command 7, batch 64, parts of 32, Vulkan): ${two%%|*} images/s,"
+      echo "against ${one%%|*} on one device ($(speed_ratio "${two%%|*}" "${one%%|*}")): the cost of the replicas and transfers."
+      echo
+    } >> "$report"
+  fi
 
   # Two epochs in what is left: the training set is cut to what the measured step rate
   # (command 7 at batch 64) gets through twice, with a test set a fifth of its size.

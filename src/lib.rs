@@ -1,7 +1,9 @@
 //! pnn: Perturbative Neural Networks, with the reproduction's flags and honest accuracy.
 //!
 //! - [`config`]: every flag of an experiment, validated.
-//! - [`layer`]: the perturbation layer and its parts (activation, BatchNorm, convolution, pooling).
+//! - [`layer`]: the modules models are built of (the perturbation layer, BatchNorm, convolution, pooling).
+//! - [`ops`]: the hand-written operations those modules run on the CPU (and the perturbation
+//!   layer's GPU kernels), each with its backward pass.
 //! - [`models`]: the networks.
 //! - [`data`]: reading data sets and batching them.
 //! - [`train`]: the training loop, optimisers, schedule, metrics and checkpoints.
@@ -17,6 +19,7 @@ pub mod data;
 pub mod device;
 pub mod layer;
 pub mod models;
+pub mod ops;
 pub mod provenance;
 pub mod report;
 pub mod theory;

@@ -9,10 +9,42 @@ use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::fused_check::{Case, activation_cases, check, layer, mask_layout_cases, tile_cases};
 use pnn::config::Act;
-use pnn::layer::fused::FusedAct;
+use pnn::ops::activation::FusedAct;
 
 /// float32 rounding of sums of a few hundred terms, in another order.
 const TOLERANCE: f32 = 2e-5;
+
+/// The activation table: over a grid of inputs, each activation's f32 value and derivative (what
+/// the CPU loops compute; the GPU kernels are checked against those in tests/gpu.rs) agree with
+/// the theory's f64 formulas, and each derivative with a central difference of the value.
+#[test]
+fn every_activation_agrees_with_its_f64_form_and_its_derivative() {
+    use pnn::ops::activation::{apply, derivative};
+    use pnn::theory::features::activate;
+    let all = [
+        FusedAct::Identity,
+        FusedAct::Relu,
+        FusedAct::Lrelu,
+        FusedAct::Elu,
+        FusedAct::Selu,
+        FusedAct::Tanh,
+        FusedAct::Sigmoid,
+    ];
+    // Half-steps keep the grid off 0, where ReLU's, leaky ReLU's and SELU's slopes jump.
+    for act in all {
+        for i in 0..96 {
+            let v = -6.0 + 0.125 * (2 * i + 1) as f64;
+            let exact = activate(act, v);
+            let value = apply(act, v as f32) as f64;
+            assert!((value - exact).abs() <= 1e-6 * (1.0 + exact.abs()), "{act:?}({v}): {value} vs {exact}");
+            let h = 1e-4;
+            let slope = (activate(act, v + h) - activate(act, v - h)) / (2.0 * h);
+            let d = derivative(act, v as f32) as f64;
+            assert!((d - slope).abs() <= 1e-4 * (1.0 + slope.abs()), "{act:?}'({v}): {d} vs {slope}");
+        }
+        assert_eq!(FusedAct::from_code(act.code()), act);
+    }
+}
 
 #[test]
 fn fused_kernel_matches_the_composition_for_every_mask_layout() {

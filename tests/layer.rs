@@ -364,13 +364,13 @@ fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
     }
 }
 
-/// The CPU backend's BatchNorm (`batchnorm_cpu`) gives what burn's generic training-mode
+/// The CPU backend's BatchNorm (`ops::batchnorm`) gives what burn's generic training-mode
 /// BatchNorm gives: output, batch mean and variance, and the gradients of input, gamma and
 /// beta, for 4-D and 3-D maps and 2-D features; and with its ReLU fused in, what burn's
 /// BatchNorm followed by burn's ReLU gives.
 #[test]
 fn cpu_batchnorm_matches_burns_batchnorm() {
-    use pnn::layer::batchnorm_cpu;
+    use pnn::ops;
     let device = Device::flex().autodiff();
     device.seed(11);
     fn check<const D: usize>(shape: [usize; D], device: &Device) {
@@ -391,7 +391,7 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
                 beta.clone().require_grad(),
             );
             let (y, mean, var) = if cpu {
-                let (y, m) = batchnorm_cpu::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5, relu);
+                let (y, m) = ops::batchnorm::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5, relu);
                 (y, to_vec(m.clone().slice([0..1, 0..c])), to_vec(m.slice([1..2, 0..c])))
             } else {
                 let t = burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
@@ -435,13 +435,13 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
     check([2, 4, 8, 8], &device);
 }
 
-/// The end of a ResNet block on the CPU backend (`relu_cpu::add_relu`) gives what burn's addition
+/// The end of a ResNet block on the CPU backend (`ops::add_relu`) gives what burn's addition
 /// and ReLU give: output and both operands' gradients, also where only one operand is tracked,
 /// on sizes below, at and across the kernel's chunks, and with the second operand one sample
 /// broadcast over the batch (noiseresnet18's noise).
 #[test]
 fn cpu_add_relu_matches_burns_add_and_relu() {
-    use pnn::layer::relu_cpu;
+    use pnn::ops;
     let device = Device::flex().autodiff();
     device.seed(17);
     for (shape, b_shape) in [
@@ -459,7 +459,7 @@ fn cpu_add_relu_matches_burns_add_and_relu() {
                 let a = a.clone().require_grad();
                 let b = if track_b { b.clone().require_grad() } else { b.clone() };
                 let y = if cpu {
-                    relu_cpu::add_relu(a.clone(), b.clone())
+                    ops::add_relu::add_relu(a.clone(), b.clone())
                 } else {
                     burn::tensor::activation::relu(a.clone() + b.clone())
                 };
@@ -487,13 +487,13 @@ fn cpu_add_relu_matches_burns_add_and_relu() {
     }
 }
 
-/// The CPU backend's max pooling (`maxpool_cpu`) gives what burn's gives, output and input
+/// The CPU backend's max pooling (`ops::maxpool`) gives what burn's gives, output and input
 /// gradient, for the windows the models use (3/2/1 and 2/2/0) on even and odd map sizes.
 #[test]
 fn cpu_max_pooling_matches_burns_max_pooling() {
     use burn::nn::PaddingConfig2d;
     use burn::nn::pool::MaxPool2dConfig;
-    use pnn::layer::maxpool_cpu;
+    use pnn::ops;
     let device = Device::flex().autodiff();
     device.seed(5);
     for (k, s, pad, size) in [(3, 2, 1, 8), (3, 2, 1, 7), (2, 2, 0, 8), (2, 2, 0, 5), (3, 1, 1, 4)] {
@@ -505,7 +505,7 @@ fn cpu_max_pooling_matches_burns_max_pooling() {
         let run = |cpu: bool| {
             let x = x.clone().require_grad();
             let y = if cpu {
-                maxpool_cpu::max_pool2d(x.clone(), k, s, pad)
+                ops::maxpool::max_pool2d(x.clone(), k, s, pad)
             } else {
                 pool.forward(x.clone())
             };
@@ -525,7 +525,7 @@ fn cpu_max_pooling_matches_burns_max_pooling() {
     }
 }
 
-/// The k x k convolutions computed by the CPU operation (`conv_cpu`, through
+/// The k x k convolutions computed by the CPU operation (`ops::conv`, through
 /// `pnn::layer::conv::forward`) give what burn's convolution gives: output and the gradients of
 /// input, weight and bias, for the kernels, strides and paddings the models use, odd sizes too.
 #[test]
@@ -571,7 +571,7 @@ fn cpu_convolution_matches_burns_convolution() {
 /// `zeroed` and `write_copy` initialise what they are given.
 #[test]
 fn output_buffers_are_filled_chunk_by_chunk() {
-    use pnn::layer::buffer::{assume_init, par_filled, write_copy, zeroed};
+    use pnn::ops::cpu::buffer::{assume_init, par_filled, write_copy, zeroed};
     use std::mem::MaybeUninit;
     // SAFETY: each chunk is written whole.
     let v = unsafe {
@@ -594,7 +594,7 @@ fn output_buffers_are_filled_chunk_by_chunk() {
 /// several.
 #[test]
 fn matrix_products_into_fresh_memory_ignore_what_was_there() {
-    use pnn::layer::pointwise::{Mat, matmul_into, matmul_threaded_into};
+    use pnn::ops::cpu::matmul::{Mat, matmul_into, matmul_threaded_into};
     use std::mem::MaybeUninit;
     let (m, n, k) = (7, 33, 5);
     let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
@@ -614,7 +614,7 @@ fn matrix_products_into_fresh_memory_ignore_what_was_there() {
             }
         };
         // SAFETY: filled with NaN, then overwritten.
-        let got = unsafe { pnn::layer::buffer::assume_init(&mut dst) };
+        let got = unsafe { pnn::ops::cpu::buffer::assume_init(&mut dst) };
         for (g, e) in got.iter().zip(&expected) {
             assert!((g - e).abs() < 1e-4, "threaded {threaded}: {g} vs {e}");
         }

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use pnn::config::{Act, NoiseType};
-use pnn::layer::fused::FusedAct;
+use pnn::ops::activation::FusedAct;
 use pnn::theory::features::{Fitter, Maps, Masks};
 use pnn::theory::fit_conv::relative;
 use pnn::theory::lstsq::{NormalEquations, predict};

@@ -8,7 +8,7 @@
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{Device, Tensor, activation, s};
 
-use super::{batchnorm_cpu, fused};
+use crate::ops;
 
 pub const BN_MOMENTUM: f64 = 0.1;
 pub const BN_EPSILON: f64 = 1e-5;
@@ -67,9 +67,9 @@ impl BatchNorm {
             .filter(|(i, _)| *i != 1)
             .map(|(_, d)| d)
             .product();
-        let (output, batch_mean, batch_var) = if fused::available(&x.device()) {
+        let (output, batch_mean, batch_var) = if ops::hand_written(&x.device()) {
             let (output, moments) =
-                batchnorm_cpu::batch_norm_train(x, self.weight.val(), self.bias.val(), BN_EPSILON, relu);
+                ops::batchnorm::batch_norm_train(x, self.weight.val(), self.bias.val(), BN_EPSILON, relu);
             let [mean, variance] = [0, 1].map(|i| moments.clone().slice(s![i, ..]).reshape([-1]));
             (output, mean, variance)
         } else {

@@ -5,8 +5,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Distribution, Tensor, s};
 
-use super::pointwise::pointwise_conv;
-use super::{conv_cpu, fused};
+use crate::ops;
+use crate::ops::conv1x1::pointwise_conv;
 
 /// Geometry of one 2-D convolution.
 #[derive(Debug, Clone, Copy)]
@@ -87,10 +87,10 @@ pub fn linear(in_features: usize, out_features: usize, device: &Device) -> burn:
 }
 
 /// `conv.forward(x)`, computed on the CPU backend by pnn's own operations (`PNN_UNFUSED=1`
-/// turns them off): 1x1 convolutions by the pointwise operation (`pointwise.rs`; flex's
+/// turns them off): 1x1 convolutions by the pointwise operation (`ops/conv1x1.rs`; flex's
 /// convolution took 2-3x longer for them, forward and backward; a stride is taken by keeping
 /// every stride-th pixel first, which is what a 1x1 convolution with that stride computes), the
-/// other square ones by im2col and a strided matrix product (`conv_cpu.rs`).
+/// other square ones by im2col and a strided matrix product (`ops/conv.rs`).
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [o, _, kh, kw] = conv.weight.dims();
     let pointwise = kh == 1
@@ -101,11 +101,11 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             conv.padding,
             PaddingConfig2d::Explicit(0, 0, 0, 0) | PaddingConfig2d::Valid
         )
-        && fused::available(&x.device());
+        && ops::hand_written(&x.device());
     if !pointwise {
         return match square_window(conv) {
-            Some((stride, padding)) if fused::available(&x.device()) => {
-                let y = conv_cpu::conv2d(x, conv.weight.val(), stride, padding);
+            Some((stride, padding)) if ops::hand_written(&x.device()) => {
+                let y = ops::conv::conv2d(x, conv.weight.val(), stride, padding);
                 match &conv.bias {
                     Some(b) => y + b.val().reshape([1, o, 1, 1]),
                     None => y,

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::batchnorm::BatchNorm;
 use super::conv::{self, ConvSpec};
-use super::{fused, relu_cpu};
+use crate::ops;
 
 #[derive(Module, Debug)]
 pub struct ConvBn {
@@ -54,8 +54,8 @@ pub fn residual_relu(y: Tensor<4>, x: Tensor<4>, shortcut: &Option<ConvBn>) -> T
         Some(s) => s.forward(x),
         None => x,
     };
-    if fused::available(&y.device()) && y.dims() == residual.dims() {
-        relu_cpu::add_relu(y, residual)
+    if ops::hand_written(&y.device()) && y.dims() == residual.dims() {
+        ops::add_relu::add_relu(y, residual)
     } else {
         relu(y + residual)
     }

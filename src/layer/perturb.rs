@@ -14,7 +14,8 @@ use burn::tensor::{Device, Distribution, Tensor, s};
 use super::activation::Activation;
 use super::batchnorm::BatchNorm;
 use super::conv::{self, ConvSpec};
-use super::fused::{self, FusedAct};
+use crate::ops;
+use crate::ops::activation::FusedAct;
 use crate::config::{Act, NoiseType};
 
 /// Everything that decides the structure of one perturbation layer.
@@ -146,7 +147,7 @@ impl PerturbLayer {
         let several_masks = noise.dims()[2] > 1;
         let grouped = self.conv.groups == x.dims()[1];
         match self.fused_act() {
-            Some(act) if several_masks && grouped && !self.debug && fused::perturb_available(&x.device()) => {
+            Some(act) if several_masks && grouped && !self.debug && ops::fused_perturbation(&x.device()) => {
                 self.combine_fused(x, noise, act)
             }
             _ => self.combine_unfused(x, noise),
@@ -177,7 +178,7 @@ impl PerturbLayer {
     /// The same as [`Self::combine_unfused`], computed by the fused kernel.
     pub fn combine_fused(&self, x: Tensor<4>, noise: Tensor<5>, act: FusedAct) -> Tensor<4> {
         let bias = self.conv.bias.as_ref().expect("fused_act checks the bias").val();
-        fused::perturb_combine(x, noise, self.conv.weight.val(), bias, self.level as f32, act)
+        ops::perturb::perturb_combine(x, noise, self.conv.weight.val(), bias, self.level as f32, act)
     }
 
     /// Number of noise mask values of this layer (0 for a convolution layer).

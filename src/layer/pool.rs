@@ -5,7 +5,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::tensor::Tensor;
 
-use super::{fused, maxpool_cpu};
+use crate::ops;
 use crate::config::PoolType;
 
 #[derive(Module, Debug)]
@@ -38,7 +38,7 @@ impl Pool {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Pool::Max(p) => match square_window(p) {
-                Some((k, s, pad)) if fused::available(&x.device()) => maxpool_cpu::max_pool2d(x, k, s, pad),
+                Some((k, s, pad)) if ops::hand_written(&x.device()) => ops::maxpool::max_pool2d(x, k, s, pad),
                 _ => p.forward(x),
             },
             Pool::Avg(p) => p.forward(x),

@@ -13,7 +13,7 @@ use super::resnet::{BLOCKS_PER_STAGE, STAGES};
 use crate::config::{Config, PoolType};
 use crate::layer::conv::{self, ConvSpec, linear};
 use crate::layer::{BatchNorm, ConvBn, Pool, global_average_pool, projection_shortcut, residual_relu};
-use crate::layer::{fused, relu_cpu};
+use crate::ops;
 
 /// The original NoiseLayer: y = Conv1x1(BN(ReLU(x + noise))), noise ~ U(-level, level) of the
 /// input's (C, H, W) shape. The reference draws it on the first forward pass; it depends only on
@@ -39,8 +39,8 @@ impl NoiseLayer {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let noise = self.noise_buffer.val();
-        let y = if fused::available(&x.device()) {
-            relu_cpu::add_relu(x, noise)
+        let y = if ops::hand_written(&x.device()) {
+            ops::add_relu::add_relu(x, noise)
         } else {
             relu(x + noise)
         };

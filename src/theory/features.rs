@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use crate::layer::fused::FusedAct;
+use crate::ops::activation::FusedAct;
 
 /// Masks of a perturbation layer, read back from the layer itself so that the features use
 /// exactly its noise: `[mask_channels, nmasks, pixels]`.
@@ -146,10 +146,9 @@ impl Fitter {
     }
 }
 
-/// PyTorch's activations, in f64 (constants as in `layer::activation`).
+/// PyTorch's activations, in f64: the formulas of `ops::activation`, with its constants.
 pub fn activate(act: FusedAct, v: f64) -> f64 {
-    const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
-    const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+    use crate::ops::activation::{LRELU_SLOPE_F64, SELU_ALPHA_F64 as SELU_ALPHA, SELU_SCALE_F64 as SELU_SCALE};
     match act {
         FusedAct::Identity => v,
         FusedAct::Relu => v.max(0.0),
@@ -157,7 +156,7 @@ pub fn activate(act: FusedAct, v: f64) -> f64 {
             if v > 0.0 {
                 v
             } else {
-                0.01 * v
+                LRELU_SLOPE_F64 * v
             }
         }
         FusedAct::Elu => {

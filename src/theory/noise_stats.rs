@@ -30,7 +30,7 @@ use super::perturb_fit::{self, PerturbChoice};
 use super::target::{Checkpoint, Target, TargetSource};
 use crate::config::Config;
 use crate::data::{ImageSet, Normalization};
-use crate::layer::fused::FusedAct;
+use crate::ops::activation::FusedAct;
 
 pub struct NoiseStatsOptions {
     /// A checkpoint or a random convolution.

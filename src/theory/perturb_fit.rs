@@ -14,7 +14,7 @@ use super::features::{Block, Maps, Masks};
 use super::target::{HostMaps, Target};
 use crate::config::{Act, NoiseType};
 use crate::layer::conv::ConvSpec;
-use crate::layer::fused::FusedAct;
+use crate::ops::activation::FusedAct;
 use crate::layer::{PerturbLayer, PerturbSpec};
 
 /// What decides a fitted perturbation layer besides its number of masks.

@@ -25,8 +25,8 @@ use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource, 
 use burn::tensor::{Device, Tensor};
 use multiversion::multiversion;
 
-use crate::layer::buffer::par_filled;
-use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
+use crate::ops::cpu::buffer::par_filled;
+use crate::ops::cpu::flex_tensor::{contiguous, dims, tensor, values};
 
 /// The rule's constants, as burn's `SgdConfig` takes them.
 #[derive(Clone, Debug)]
@@ -209,7 +209,7 @@ impl Optimizer for Sgd {
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let velocity = state.and_then(|s| s.momentum).map(|m| m.velocity);
         let device = tensor.device();
-        let on_flex = crate::layer::fused::available(&device) && !device.is_autodiff();
+        let on_flex = crate::ops::hand_written(&device) && !device.is_autodiff();
         let (tensor, velocity) = if on_flex {
             self.step_on_flex(lr, tensor, grad, velocity)
         } else {

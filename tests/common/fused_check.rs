@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use pnn::config::{Act, NoiseType};
-use pnn::layer::fused::FusedAct;
+use pnn::ops::activation::FusedAct;
 use pnn::layer::{PerturbLayer, PerturbSpec};
 
 pub struct Case {

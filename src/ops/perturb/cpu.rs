@@ -1,4 +1,4 @@
-//! The CPU loops of the fused perturbation layer (see `fused.rs` for the operation and its
+//! The CPU loops of the fused perturbation layer (see `mod.rs` for the operation and its
 //! place in burn). Three choices make them fast, each measured with `bench/fused.sh`:
 //!
 //! - **Tiles.** A group's perturbed maps are computed a tile of pixels at a time (Kg x TILE
@@ -15,8 +15,9 @@
 
 use multiversion::multiversion;
 
-use super::blocks::block_len;
-use super::lanes::{LANES, axpy, dot, sum};
+use crate::ops::activation::ActivationFn;
+use crate::ops::cpu::blocks::block_len;
+use crate::ops::cpu::lanes::{LANES, axpy, dot, sum};
 use rayon::prelude::*;
 
 /// Pixels per tile: Kg x TILE floats of perturbed maps (16 KiB for 64 masks) stay in cache.
@@ -83,114 +84,6 @@ impl Geometry {
     }
 }
 
-/// An activation as a type: `apply`, and its derivative from the input `v` and output `a`.
-pub trait Activation: Copy + Send + Sync {
-    fn apply(v: f32) -> f32;
-    fn derivative(v: f32, a: f32) -> f32;
-}
-
-pub mod act {
-    use super::Activation;
-
-    const SELU_SCALE: f32 = 1.050_700_987_355_480_5;
-    const SELU_ALPHA: f32 = 1.673_263_242_354_377_3;
-    const LRELU_SLOPE: f32 = 0.01;
-
-    #[derive(Clone, Copy)]
-    pub struct Identity;
-    #[derive(Clone, Copy)]
-    pub struct Relu;
-    #[derive(Clone, Copy)]
-    pub struct Lrelu;
-    #[derive(Clone, Copy)]
-    pub struct Elu;
-    #[derive(Clone, Copy)]
-    pub struct Selu;
-    #[derive(Clone, Copy)]
-    pub struct Tanh;
-    #[derive(Clone, Copy)]
-    pub struct Sigmoid;
-
-    impl Activation for Identity {
-        #[inline(always)]
-        fn apply(v: f32) -> f32 {
-            v
-        }
-        #[inline(always)]
-        fn derivative(_: f32, _: f32) -> f32 {
-            1.0
-        }
-    }
-    impl Activation for Relu {
-        #[inline(always)]
-        fn apply(v: f32) -> f32 {
-            v.max(0.0)
-        }
-        #[inline(always)]
-        fn derivative(v: f32, _: f32) -> f32 {
-            if v > 0.0 { 1.0 } else { 0.0 }
-        }
-    }
-    impl Activation for Lrelu {
-        #[inline(always)]
-        fn apply(v: f32) -> f32 {
-            if v > 0.0 { v } else { LRELU_SLOPE * v }
-        }
-        #[inline(always)]
-        fn derivative(v: f32, _: f32) -> f32 {
-            if v > 0.0 { 1.0 } else { LRELU_SLOPE }
-        }
-    }
-    impl Activation for Elu {
-        #[inline(always)]
-        fn apply(v: f32) -> f32 {
-            if v > 0.0 { v } else { v.exp_m1() }
-        }
-        #[inline(always)]
-        fn derivative(v: f32, a: f32) -> f32 {
-            if v > 0.0 { 1.0 } else { a + 1.0 }
-        }
-    }
-    impl Activation for Selu {
-        #[inline(always)]
-        fn apply(v: f32) -> f32 {
-            if v > 0.0 {
-                SELU_SCALE * v
-            } else {
-                SELU_SCALE * SELU_ALPHA * v.exp_m1()
-            }
-        }
-        #[inline(always)]
-        fn derivative(v: f32, a: f32) -> f32 {
-            if v > 0.0 {
-                SELU_SCALE
-            } else {
-                a + SELU_SCALE * SELU_ALPHA
-            }
-        }
-    }
-    impl Activation for Tanh {
-        #[inline(always)]
-        fn apply(v: f32) -> f32 {
-            v.tanh()
-        }
-        #[inline(always)]
-        fn derivative(_: f32, a: f32) -> f32 {
-            1.0 - a * a
-        }
-    }
-    impl Activation for Sigmoid {
-        #[inline(always)]
-        fn apply(v: f32) -> f32 {
-            1.0 / (1.0 + (-v).exp())
-        }
-        #[inline(always)]
-        fn derivative(_: f32, a: f32) -> f32 {
-            a * (1.0 - a)
-        }
-    }
-}
-
 /// Operands of one call, contiguous f32.
 #[derive(Clone, Copy)]
 pub struct Operands<'a> {
@@ -212,7 +105,7 @@ pub struct Grads {
 /// Fills `pre` and `post` (Kg rows of TILE) with the perturbed maps of `group` over the pixels
 /// `t0..t0 + len` of one sample `x_n`, before and after the activation.
 #[inline(always)]
-fn perturb_tile<A: Activation>(
+fn perturb_tile<A: ActivationFn>(
     op: &Operands,
     x_n: &[f32],
     group: usize,
@@ -241,7 +134,7 @@ fn perturb_tile<A: Activation>(
 
 /// `out_n = b + W * act(x_n + level * noise)` for one sample.
 #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
-fn forward_sample<A: Activation>(op: &Operands, bias: &[f32], x_n: &[f32], out_n: &mut [f32], scratch: &mut [f32]) {
+fn forward_sample<A: ActivationFn>(op: &Operands, bias: &[f32], x_n: &[f32], out_n: &mut [f32], scratch: &mut [f32]) {
     let g = op.g;
     if g.og == 1 {
         // One output per group (the layer's usual shape): each perturbed map is added to the
@@ -278,7 +171,7 @@ fn forward_sample<A: Activation>(op: &Operands, bias: &[f32], x_n: &[f32], out_n
     }
 }
 
-pub fn forward<A: Activation>(op: &Operands, bias: &[f32]) -> Vec<f32> {
+pub fn forward<A: ActivationFn>(op: &Operands, bias: &[f32]) -> Vec<f32> {
     let g = op.g;
     let mut out = vec![0f32; g.n * g.o * g.hw];
     out.par_chunks_mut(g.o * g.hw).enumerate().for_each_init(
@@ -323,7 +216,7 @@ impl Partial {
 
 /// The backward pass of one sample: writes `dx_n`, adds to the parameter sums in `acc`.
 #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
-fn backward_sample<A: Activation>(
+fn backward_sample<A: ActivationFn>(
     op: &Operands,
     x_n: &[f32],
     go_n: &[f32],
@@ -408,7 +301,7 @@ impl MapGrad<'_> {
     /// `d = weight * go * act'` to `dx` (and `level * d` to `dnoise` if NOISE), and returns the
     /// weight's gradient `go . a`.
     #[inline(always)]
-    fn run<A: Activation, const NOISE: bool>(&self, dx: &mut [f32], dnoise: &mut [f32]) -> f32 {
+    fn run<A: ActivationFn, const NOISE: bool>(&self, dx: &mut [f32], dnoise: &mut [f32]) -> f32 {
         // Fixed-size chunks, so that the lane loop has no bounds checks and vectorises.
         fn chunk(s: &[f32], at: usize) -> &[f32; LANES] {
             s[at..at + LANES].try_into().expect("a whole chunk")
@@ -453,7 +346,7 @@ impl MapGrad<'_> {
 }
 
 /// The parameter gradients are summed per block of samples, one block per thread (`blocks`).
-pub fn backward<A: Activation>(op: &Operands, grad_out: &[f32], need_noise: bool) -> Grads {
+pub fn backward<A: ActivationFn>(op: &Operands, grad_out: &[f32], need_noise: bool) -> Grads {
     let g = op.g;
     let block = block_len(g.n);
     let mut dx = vec![0f32; g.n * g.c * g.hw];

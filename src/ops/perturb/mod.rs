@@ -9,8 +9,8 @@
 //! image per layer with 64 masks. Here they are computed a tile at a time into a small scratch
 //! buffer and recomputed in the backward pass, so nothing of that size is kept; without an
 //! activation they are not formed at all (the layer is then linear in x). The CPU loops are in
-//! `fused_cpu.rs`, the GPU kernels (CubeCL) in `fused_gpu.rs`; this file is the operation's
-//! place in burn.
+//! `cpu.rs`, the GPU kernels (CubeCL) in `gpu.rs` with their cubecl backend extension in
+//! `gpu_extension.rs`; this file is the operation's place in burn.
 //!
 //! The backward pass is written by hand (burn's backend extension with an `Autodiff` node):
 //! gradients for x, the masks (when trainable), the weights and the bias. Activations with a
@@ -24,59 +24,19 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Dispatch, Flex, backend_extension};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
-use crate::config::Act;
-use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
-use crate::layer::fused_cpu::{self as kernels, Geometry, Operands, act};
+use super::activation::{FusedAct, act};
+use super::cpu::flex_tensor::{contiguous, dims, tensor, values};
+use cpu::{Geometry, Operands};
 
-/// Activations the fused kernel computes (and differentiates) itself. (Hash: the GPU kernels
-/// take it as a compile-time parameter.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FusedAct {
-    /// No activation after the perturbation (`--use_act` off in a first layer).
-    Identity,
-    Relu,
-    Lrelu,
-    Elu,
-    Selu,
-    Tanh,
-    Sigmoid,
-}
+pub mod cpu;
+#[cfg(feature = "gpu")]
+pub mod gpu;
+#[cfg(feature = "gpu")]
+pub mod gpu_extension;
 
-impl FusedAct {
-    /// The fused form of `act` (applied only if `use_act`); `None` for PReLU and RReLU.
-    pub fn of(act: Act, use_act: bool) -> Option<Self> {
-        if !use_act {
-            return Some(Self::Identity);
-        }
-        match act {
-            Act::Relu => Some(Self::Relu),
-            Act::Lrelu => Some(Self::Lrelu),
-            Act::Elu => Some(Self::Elu),
-            Act::Selu => Some(Self::Selu),
-            Act::Tanh => Some(Self::Tanh),
-            Act::Sigmoid => Some(Self::Sigmoid),
-            Act::Prelu | Act::Rrelu => None,
-        }
-    }
-
-    pub(crate) fn code(self) -> u8 {
-        self as u8
-    }
-
-    pub(crate) fn from_code(code: u8) -> Self {
-        [
-            Self::Identity,
-            Self::Relu,
-            Self::Lrelu,
-            Self::Elu,
-            Self::Selu,
-            Self::Tanh,
-            Self::Sigmoid,
-        ][code as usize]
-    }
-}
+use cpu as kernels;
 
 /// Runs `$body` with `$A` the activation type of `$act`: one compiled kernel per activation.
 macro_rules! with_activation {
@@ -144,8 +104,8 @@ pub struct FusedGrads<B: burn::backend::Backend> {
     pub bias: FloatTensor<B>,
 }
 
-/// The fused layer's two passes on one backend: flex's loops (`fused_cpu.rs`) or the CubeCL
-/// kernels (`fused_gpu.rs`). Autodiff's node below is written once over this.
+/// The fused layer's two passes on one backend: flex's loops (`cpu.rs`) or the CubeCL
+/// kernels (`gpu.rs`). Autodiff's node below is written once over this.
 pub trait FusedKernels: burn::backend::Backend {
     fn fused_forward(
         x: FloatTensor<Self>,
@@ -231,8 +191,8 @@ impl FusedKernels for Flex {
     }
 }
 
-/// burn's cubecl backend (fused by burn in a `gpu-fusion` build): the kernels of `fused_gpu.rs`,
-/// through the extension of `fused_cube.rs`.
+/// burn's cubecl backend (fused by burn in a `gpu-fusion` build): the kernels of `gpu.rs`,
+/// through the extension of `gpu_extension.rs`.
 #[cfg(feature = "gpu")]
 impl FusedKernels for burn::backend::Cube {
     fn fused_forward(
@@ -243,7 +203,7 @@ impl FusedKernels for burn::backend::Cube {
         level: f32,
         act: FusedAct,
     ) -> FloatTensor<Self> {
-        use super::fused_cube::CubePerturbOps;
+        use gpu_extension::CubePerturbOps;
         Self::cube_perturb_forward(x, noise, weight, bias, level, act.code())
     }
 
@@ -256,7 +216,7 @@ impl FusedKernels for burn::backend::Cube {
         act: FusedAct,
         need_noise: bool,
     ) -> FusedGrads<Self> {
-        use super::fused_cube::CubePerturbOps;
+        use gpu_extension::CubePerturbOps;
         let noise_grad = need_noise.then(|| {
             Self::cube_perturb_noise_grad(
                 x.clone(),
@@ -358,25 +318,6 @@ impl<B: FusedKernels, C: CheckpointStrategy> PerturbOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
-}
-
-/// Whether the hand-written CPU kernels run on this device (the fused perturbation layer and
-/// the pointwise convolution): the CPU backend (GPU builds use burn's operations), unless
-/// `PNN_UNFUSED=1` asks for burn's composition everywhere (to measure one against the other,
-/// or to rule the kernels out when chasing a problem).
-pub fn available(device: &Device) -> bool {
-    !unfused() && *device == Device::flex()
-}
-
-/// Whether the fused perturbation layer runs on this device: flex's loops on the CPU, the
-/// CubeCL kernels on a GPU (in a build with a GPU feature), unless `PNN_UNFUSED=1`.
-pub fn perturb_available(device: &Device) -> bool {
-    available(device) || (cfg!(feature = "gpu") && !unfused() && *device != Device::flex())
-}
-
-fn unfused() -> bool {
-    static UNFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *UNFUSED.get_or_init(|| std::env::var("PNN_UNFUSED").is_ok_and(|v| v == "1"))
 }
 
 /// `bias + weight * act(x + level * noise)`, fused: see the module documentation.

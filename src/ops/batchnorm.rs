@@ -24,9 +24,9 @@ use std::mem::MaybeUninit;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use crate::layer::buffer::{par_filled, par_filled_with};
-use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
-use crate::layer::lanes::{dot_centered, sum, sum_sq_dev};
+use crate::ops::cpu::buffer::{par_filled, par_filled_with};
+use crate::ops::cpu::flex_tensor::{contiguous, dims, tensor, values};
+use crate::ops::cpu::lanes::{dot_centered, sum, sum_sq_dev};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait BatchNormOps: burn::backend::Backend {
@@ -328,7 +328,7 @@ mod small {
     use rayon::prelude::*;
 
     use super::Sizes;
-    use crate::layer::blocks::{add_vectors, block_len};
+    use crate::ops::cpu::blocks::{add_vectors, block_len};
 
     /// Per-channel sums of up to two quantities over all samples and positions. `add(acc, n)`
     /// adds sample n's values position by position into `acc` ([2][C x S], f64), one `acc` per

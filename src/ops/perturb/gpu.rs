@@ -1,4 +1,4 @@
-//! The fused perturbation layer on a GPU: the same operation as `fused_cpu.rs`,
+//! The fused perturbation layer on a GPU: the same operation as `cpu.rs`,
 //!
 //!   out[n, o, p] = b[o] + sum_j W[o, j] * act(x[n, c(k), p] + level * noise[c(k) or 0, m(k), p]),
 //!   k = g(o) * Kg + j,  c(k) = k / M,  m(k) = k % M,
@@ -30,7 +30,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use super::fused::FusedAct;
+use crate::ops::activation::{FusedAct, LRELU_SLOPE, SELU_ALPHA, SELU_SCALE};
 
 /// Units per cube of the weight-gradient reduction (a power of two, for the tree sum).
 const REDUCE_UNITS: u32 = 256;
@@ -47,10 +47,6 @@ const WEIGHTS_PER_CUBE: usize = 8;
 /// 132 x 2048 resident threads) at every stage of a network.
 const GRAD_NOISE_THREADS: usize = 1 << 18;
 
-const SELU_SCALE: f32 = 1.050_700_987_355_480_5;
-const SELU_ALPHA: f32 = 1.673_263_242_354_377_3;
-const LRELU_SLOPE: f32 = 0.01;
-
 /// `act(v)`; `act` is known when the kernel is compiled, so each activation gets its own kernel.
 #[cube]
 fn apply(v: f32, #[comptime] act: FusedAct) -> f32 {
@@ -65,7 +61,7 @@ fn apply(v: f32, #[comptime] act: FusedAct) -> f32 {
     }
 }
 
-/// `act'(v)`, as `fused_cpu.rs`'s activations write it (ReLU's derivative at 0 is 0).
+/// `act'(v)`, as the CPU's activations write it (`ops/activation.rs`) (ReLU's derivative at 0 is 0).
 #[cube]
 fn derivative(v: f32, #[comptime] act: FusedAct) -> f32 {
     match act {
@@ -85,7 +81,7 @@ fn derivative(v: f32, #[comptime] act: FusedAct) -> f32 {
     }
 }
 
-/// Sizes of one call (see `fused_cpu::Geometry`), passed to every kernel.
+/// Sizes of one call (see `cpu::Geometry`), passed to every kernel.
 #[derive(CubeLaunch, CubeType, Clone, Copy)]
 struct Sizes {
     channels: usize,

@@ -17,7 +17,7 @@ use burn::backend::{Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
+use crate::ops::cpu::flex_tensor::{contiguous, dims, tensor, values};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait MaxPoolOps: burn::backend::Backend {

@@ -17,10 +17,10 @@ use burn::backend::{Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::layer::blocks::{add_vectors, block_len};
-use crate::layer::buffer::{par_filled, par_filled_with, zeroed};
-use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
-use crate::layer::pointwise::{Mat, gather, matmul, matmul_into, matmul_threaded, scatter, threaded_product};
+use crate::ops::cpu::blocks::{add_vectors, block_len};
+use crate::ops::cpu::buffer::{par_filled, par_filled_with, zeroed};
+use crate::ops::cpu::flex_tensor::{contiguous, dims, tensor, values};
+use crate::ops::cpu::matmul::{Mat, gather, matmul, matmul_into, matmul_threaded, scatter, threaded_product};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait ConvOps: burn::backend::Backend {

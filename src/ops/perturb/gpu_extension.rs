@@ -1,4 +1,4 @@
-//! The fused layer's GPU kernels (`fused_gpu.rs`) as a burn backend extension of the cubecl
+//! The fused layer's GPU kernels (`gpu.rs`) as a burn backend extension of the cubecl
 //! backend. Through it, a build with burn's operation fusion (the `gpu-fusion` feature) queues
 //! the kernels in fusion's lazy stream like any of burn's own operations: burn then fuses the
 //! element-wise work around them (BatchNorm's arithmetic, ReLU, the residual additions) into
@@ -16,8 +16,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
 
-use super::fused::FusedAct;
-use super::fused_gpu;
+use super::gpu;
+use crate::ops::activation::FusedAct;
 
 /// The output of `x` [N, C, H, W] through a weight [O, Kg, 1, 1]: [N, O, H, W].
 pub fn output_shape(x: &Shape, weight: &Shape) -> Shape {
@@ -83,7 +83,7 @@ impl CubePerturbOps for CubeBackend {
         level: f32,
         act: u8,
     ) -> FloatTensor<Self> {
-        fused_gpu::forward(x, noise, weight, bias, level, FusedAct::from_code(act))
+        gpu::forward(x, noise, weight, bias, level, FusedAct::from_code(act))
     }
 
     fn cube_perturb_input_grads(
@@ -94,7 +94,7 @@ impl CubePerturbOps for CubeBackend {
         level: f32,
         act: u8,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        fused_gpu::input_grads(x, noise, weight, grad, level, FusedAct::from_code(act))
+        gpu::input_grads(x, noise, weight, grad, level, FusedAct::from_code(act))
     }
 
     fn cube_perturb_noise_grad(
@@ -105,6 +105,6 @@ impl CubePerturbOps for CubeBackend {
         level: f32,
         act: u8,
     ) -> FloatTensor<Self> {
-        fused_gpu::noise_grad(x, noise, weight, grad, level, FusedAct::from_code(act))
+        gpu::noise_grad(x, noise, weight, grad, level, FusedAct::from_code(act))
     }
 }

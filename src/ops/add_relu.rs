@@ -22,8 +22,8 @@ use burn::tensor::Tensor;
 use multiversion::multiversion;
 use std::mem::MaybeUninit;
 
-use crate::layer::buffer::par_filled;
-use crate::layer::flex_tensor::{contiguous, dims, tensor, values};
+use crate::ops::cpu::buffer::par_filled;
+use crate::ops::cpu::flex_tensor::{contiguous, dims, tensor, values};
 
 /// Values per rayon task of the elementwise passes: large enough that a task's overhead does
 /// not show, small enough to split a 16 x 128 x 4 x 4 map between the threads.
@@ -106,7 +106,7 @@ fn sum_over_samples(grad: &[f32], sample: usize) -> Vec<f32> {
     // SAFETY: each chunk is zeroed, then added into.
     unsafe {
         par_filled(sample, CHUNK, |i, d| {
-            let d = crate::layer::buffer::zeroed(d);
+            let d = crate::ops::cpu::buffer::zeroed(d);
             for s in 0..n {
                 let src = &grad[s * sample + i * CHUNK..][..d.len()];
                 d.iter_mut().zip(src).for_each(|(d, g)| *d += g);
