@@ -4,7 +4,10 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::{Geometry, first_layer_spec, inner_layer_spec, layer_output_size, pool_output_size};
+use anyhow::Result;
+
+use super::map_size::MapSize;
+use super::{Geometry, first_layer_spec, inner_layer_spec};
 use crate::config::Config;
 use crate::layer::{ClassifierHead, PerturbLayer, Pool};
 
@@ -20,30 +23,32 @@ pub struct CifarNet {
 }
 
 impl CifarNet {
-    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Self {
+    /// Refuses a geometry whose maps get too small for a layer's filter.
+    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Result<Self> {
         let nf = config.nfilters;
-        let mut size = geometry.input_size;
+        let mut maps = MapSize::new(config, geometry);
         let mut layers = Vec::new();
         for i in 0..6 {
             let (spec, filter) = if i == 0 {
                 (
-                    first_layer_spec(config, geometry.channels, size),
+                    first_layer_spec(config, geometry.channels, maps.side()),
                     config.first_filter_size,
                 )
             } else {
-                (inner_layer_spec(config, nf, nf, size), config.filter_size)
+                (inner_layer_spec(config, nf, nf, maps.side()), config.filter_size)
             };
             layers.push(spec.init(device));
-            size = layer_output_size(size, filter);
+            maps.layer(filter, &format!("layer {}", i + 1))?;
             if i % 2 == 1 {
-                size = pool_output_size(size, 3, 2, 1);
+                maps.pool();
             }
         }
-        CifarNet {
+        let size = maps.side();
+        Ok(CifarNet {
             layers,
             pool: Pool::new(config.pool_type, 3, 2, 1),
             head: ClassifierHead::new(config, nf * size * size, HIDDEN, geometry.num_classes, device),
-        }
+        })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {

@@ -4,7 +4,10 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::{Geometry, first_layer_spec, inner_layer_spec, layer_output_size, pool_output_size};
+use anyhow::Result;
+
+use super::map_size::MapSize;
+use super::{Geometry, first_layer_spec, inner_layer_spec};
 use crate::config::Config;
 use crate::layer::{ClassifierHead, PerturbLayer, Pool};
 
@@ -21,24 +24,26 @@ pub struct LeNet {
 }
 
 impl LeNet {
-    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Self {
+    /// Refuses a geometry whose maps get too small for a layer's filter.
+    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Result<Self> {
         let nf = config.nfilters;
         // Track the map size through the layers so each layer's masks match its input.
-        let mut size = geometry.input_size;
-        let layer1 = first_layer_spec(config, geometry.channels, size).init(device);
-        size = pool_output_size(layer_output_size(size, config.first_filter_size), 3, 2, 1);
-        let layer2 = inner_layer_spec(config, nf, nf, size).init(device);
-        size = pool_output_size(layer_output_size(size, config.filter_size), 3, 2, 1);
-        let layer3 = inner_layer_spec(config, nf, nf, size).init(device);
-        size = pool_output_size(layer_output_size(size, config.filter_size), 3, 2, 1);
+        let mut maps = MapSize::new(config, geometry);
+        let layer1 = first_layer_spec(config, geometry.channels, maps.side()).init(device);
+        maps.layer(config.first_filter_size, "layer 1")?;
+        let layer2 = inner_layer_spec(config, nf, nf, maps.pool()).init(device);
+        maps.layer(config.filter_size, "layer 2")?;
+        let layer3 = inner_layer_spec(config, nf, nf, maps.pool()).init(device);
+        maps.layer(config.filter_size, "layer 3")?;
+        let size = maps.pool();
 
-        LeNet {
+        Ok(LeNet {
             layer1,
             layer2,
             layer3,
             pool: Pool::new(config.pool_type, 3, 2, 1),
             head: ClassifierHead::new(config, nf * size * size, HIDDEN, geometry.num_classes, device),
-        }
+        })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {

@@ -8,7 +8,10 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Tensor};
 
+use anyhow::Result;
+
 use super::Geometry;
+use super::map_size::MapSize;
 use super::resnet::{BLOCKS_PER_STAGE, STAGES};
 use crate::config::{Config, PoolType};
 use crate::layer::conv::{self, ConvSpec, linear};
@@ -92,44 +95,45 @@ pub struct NoiseResNet18 {
 }
 
 impl NoiseResNet18 {
-    /// `first_filter_size` must be 3 or 7 (config validation refuses anything else).
-    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Self {
+    /// `first_filter_size` must be 3 or 7 (config validation refuses anything else). Refuses a
+    /// geometry its stem or stages cannot take (see `MapSize`).
+    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Result<Self> {
         let nf = config.nfilters;
-        let (stem_spec, stem_pool, mut size) = match config.first_filter_size {
-            7 => (
-                ConvSpec::new(geometry.channels, nf, 7).stride(2).padding(3).bias(false),
-                Some(Pool::new(PoolType::Max, 3, 2, 1)),
-                super::pool_output_size(super::layer_output_size(geometry.input_size, 7), 3, 2, 1),
-            ),
-            _ => (
-                ConvSpec::new(geometry.channels, nf, 3).padding(1).bias(false),
-                None,
-                geometry.input_size,
-            ),
+        let mut maps = MapSize::new(config, geometry);
+        let (stem_spec, stem_pool) = match config.first_filter_size {
+            7 => {
+                maps.layer(7, "the first layer")?;
+                maps.pool();
+                (
+                    ConvSpec::new(geometry.channels, nf, 7).stride(2).padding(3).bias(false),
+                    Some(Pool::new(PoolType::Max, 3, 2, 1)),
+                )
+            }
+            _ => (ConvSpec::new(geometry.channels, nf, 3).padding(1).bias(false), None),
         };
         let mut blocks = Vec::new();
         let mut in_planes = nf;
-        for (mult, stage_stride) in STAGES {
+        for (stage, (mult, stage_stride)) in STAGES.into_iter().enumerate() {
             for b in 0..BLOCKS_PER_STAGE {
                 let stride = if b == 0 { stage_stride } else { 1 };
                 blocks.push(NoiseBasicBlock::new(
                     in_planes,
                     nf * mult,
                     stride,
-                    size,
+                    maps.side(),
                     config.level,
                     device,
                 ));
                 in_planes = nf * mult;
-                size /= stride;
+                maps.stage(stage, stride)?;
             }
         }
-        Self {
+        Ok(Self {
             stem: ConvBn::new(stem_spec, device),
             stem_pool,
             blocks,
             linear: linear(8 * nf, geometry.num_classes, device),
-        }
+        })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {

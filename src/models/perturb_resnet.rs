@@ -7,7 +7,10 @@ use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use super::resnet::{BLOCKS_PER_STAGE, STAGES};
-use super::{Geometry, first_layer_spec, inner_layer_spec, layer_output_size, pool_output_size};
+use anyhow::Result;
+
+use super::map_size::MapSize;
+use super::{Geometry, first_layer_spec, inner_layer_spec};
 use crate::config::{Config, PoolType};
 use crate::layer::conv::linear;
 use crate::layer::{ConvBn, PerturbLayer, Pool, global_average_pool, projection_shortcut, residual_relu};
@@ -42,23 +45,25 @@ pub struct PerturbResNet18 {
 }
 
 impl PerturbResNet18 {
-    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Self {
+    /// Refuses a geometry its layers or stages cannot take (see `MapSize`).
+    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Result<Self> {
         let nf = config.nfilters;
-        let mut size = geometry.input_size;
-        let first = first_layer_spec(config, geometry.channels, size).init(device);
-        size = layer_output_size(size, config.first_filter_size);
+        let mut maps = MapSize::new(config, geometry);
+        let first = first_layer_spec(config, geometry.channels, maps.side()).init(device);
+        maps.layer(config.first_filter_size, "the first layer")?;
         let first_pool = (config.first_filter_size == 7).then(|| {
-            size = pool_output_size(size, 3, 2, 1);
+            maps.pool();
             Pool::new(PoolType::Max, 3, 2, 1)
         });
         let mut blocks = Vec::new();
         let mut in_planes = nf;
-        for (mult, stage_stride) in STAGES {
+        for (stage, (mult, stage_stride)) in STAGES.into_iter().enumerate() {
             let planes = nf * mult;
             for b in 0..BLOCKS_PER_STAGE {
                 let stride = if b == 0 { stage_stride } else { 1 };
-                let layer1 = inner_layer_spec(config, in_planes, planes, size).init(device);
-                let after1 = layer_output_size(size, config.filter_size) / stride;
+                let layer1 = inner_layer_spec(config, in_planes, planes, maps.side()).init(device);
+                maps.layer(config.filter_size, "a block's first layer")?;
+                let after1 = maps.stage(stage, stride)?;
                 let layer2 = inner_layer_spec(config, planes, planes, after1).init(device);
                 blocks.push(PerturbBasicBlock {
                     layer1,
@@ -67,15 +72,15 @@ impl PerturbResNet18 {
                     shortcut: projection_shortcut(in_planes, planes, stride, device),
                 });
                 in_planes = planes;
-                size = layer_output_size(after1, config.filter_size);
+                maps.layer(config.filter_size, "a block's second layer")?;
             }
         }
-        Self {
+        Ok(Self {
             first,
             first_pool,
             blocks,
             linear: linear(8 * nf, geometry.num_classes, device),
-        }
+        })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {

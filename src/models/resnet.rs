@@ -6,6 +6,8 @@ use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor};
 
+use anyhow::Result;
+
 use super::Geometry;
 use crate::config::Config;
 use crate::layer::conv::{ConvSpec, linear};
@@ -47,7 +49,8 @@ pub struct ResNet18 {
 }
 
 impl ResNet18 {
-    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Self {
+    /// Any square input works: the stride-2 shortcuts and blocks both round up.
+    pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Result<Self> {
         let nf = config.nfilters;
         let stem = ConvBn::new(ConvSpec::new(geometry.channels, nf, 3).padding(1).bias(false), device);
         let mut blocks = Vec::new();
@@ -63,11 +66,11 @@ impl ResNet18 {
                 in_planes = nf * mult;
             }
         }
-        Self {
+        Ok(Self {
             stem,
             blocks,
             linear: linear(8 * nf, geometry.num_classes, device),
-        }
+        })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
