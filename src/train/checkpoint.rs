@@ -51,6 +51,23 @@ pub struct TrainState {
     pub sha256: BTreeMap<String, String>,
 }
 
+impl TrainState {
+    /// The state of a run that has not trained yet.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            pnn_version: env!("CARGO_PKG_VERSION").to_string(),
+            config: config.clone(),
+            epochs_done: 0,
+            partial: None,
+            history: Vec::new(),
+            reported: ReportedAccuracy::default(),
+            wall_seconds: 0.0,
+            sha256: Default::default(),
+        }
+    }
+}
+
 /// How far a stopped run got into the epoch it was in.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PartialEpoch {

@@ -12,7 +12,7 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::checkpoint::{self, FORMAT_VERSION, PartialEpoch, TrainState};
+use super::checkpoint::{self, PartialEpoch, TrainState};
 use super::interrupt::{Interrupted, StopFlag};
 use super::memory;
 use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy, best_by};
@@ -111,9 +111,7 @@ macro_rules! say {
 /// burn keeps one generator per process: two runs training at the same time in one process
 /// would not be reproducible (the command line runs one per process).
 pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
-    let session_start = Instant::now();
-    let backend = opts.backend.name.as_str();
-    let provenance = Provenance::this(backend);
+    let started = Instant::now();
     let device = opts.backend.device.clone().autodiff();
     // The seed decides the weights and the noise masks; each epoch reseeds from (seed, epoch).
     device.seed(config.manual_seed);
@@ -124,142 +122,55 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     let geometry = Geometry::of_set(&data.train)?;
     let mut model = models::build_for(config, geometry, &device)?;
     let mut optimizer = optim::build(config);
-    let params = ParamCount::of(&model);
-
-    let mut state = TrainState {
-        format_version: FORMAT_VERSION,
-        pnn_version: env!("CARGO_PKG_VERSION").to_string(),
-        config: config.clone(),
-        epochs_done: 0,
-        partial: None,
-        history: Vec::new(),
-        reported: ReportedAccuracy::default(),
-        wall_seconds: 0.0,
-        sha256: Default::default(),
-    };
+    let mut state = TrainState::new(config);
     let mut save = opts.save.clone();
     if let Some(dir) = &opts.resume {
-        let saved = checkpoint::load_state(dir)?;
-        let mismatches = config.resume_mismatches(&saved.config);
-        if !mismatches.is_empty() {
-            let saved_fields = saved.config.fields();
-            let now_fields = config.fields();
-            let list: Vec<String> = mismatches
-                .iter()
-                .map(|f| format!("{f}: {} then, {} now", saved_fields[f], now_fields[f]))
-                .collect();
-            bail!(
-                "{} was trained with other settings ({}): resume with the flags the run was started with \
-                 (only --nepochs, --dataroot and --nthreads may change)",
-                dir.display(),
-                list.join("; ")
-            );
-        }
-        (model, optimizer) = checkpoint::load_into(dir, model, optimizer)?;
+        (model, optimizer) = resume(dir, config, &opts, &mut state, model, optimizer)?;
         // Continue in the run's own folder unless told otherwise, as the reference does.
-        if save.is_none() {
-            save = dir.parent().map(PathBuf::from);
-        }
-        state.epochs_done = saved.epochs_done;
-        state.partial = saved.partial;
-        state.history = saved.history;
-        state.reported = saved.reported;
-        state.wall_seconds = saved.wall_seconds;
-        match saved.partial {
-            Some(p) => say!(
-                opts,
-                "Resumed from {} in epoch {} after {} batches",
-                dir.display(),
-                p.epoch,
-                p.batches_done
-            ),
-            None => say!(opts, "Resumed from {} after epoch {}", dir.display(), state.epochs_done),
-        }
+        save = save.or_else(|| dir.parent().map(PathBuf::from));
     }
     check_memory(config, geometry, &device, &opts, data.train.len())?;
-    let run = RunDir::create(save.unwrap_or_else(RunDir::default_root), opts.logs.clone())?;
-    run.write_run_info(&RunInfo {
-        provenance: provenance.clone(),
-        command: std::env::args().collect(),
-        started: chrono::Local::now().to_rfc3339(),
-        config: config.clone(),
-    })?;
-    let wall_before = state.wall_seconds;
+    let session = Session::open(config, &opts, save, &model, state.wall_seconds, started)?;
+    session.announce(&data, load_seconds);
 
-    say!(opts, "{}", params.model_size_line());
-    say!(
-        opts,
-        "Training {} on {} {} images{} from {} (read in {load_seconds:.1} s), testing on {} {} images, backend {backend}, run folder {}",
-        Config::value_name(&config.net_type),
-        data.train.len(),
-        Config::value_name(&config.dataset_train),
-        if data.augment { " (random crop and flip)" } else { "" },
-        data.source,
-        data.test.len(),
-        Config::value_name(&config.dataset_test),
-        run.root.display()
-    );
-    if let (false, Some(note)) = (opts.backend.is_cpu(), crate::device::AUTOTUNE_NOTE) {
-        say!(opts, "{note}");
-    }
-
-    // Augmented where the data set is (CIFAR). Until this was one call, the training loader
-    // was built without it, while the line above said "(random crop and flip)".
-    let (train_loader, test_loader) = data.into_loaders(config.batch_size, config.manual_seed);
+    // Augmented where the data set is (CIFAR).
+    let loaders = data.into_loaders(config.batch_size, config.manual_seed);
     let loss_fn = CrossEntropyLoss::new(None, &device);
     let mut step_devices = StepDevices::new(config, geometry, &device, &opts.backend.replicas)?;
-
     let mut session_steps = 0usize;
     for epoch in state.epochs_done + 1..=config.nepochs {
-        let lr = schedule::learning_rate(config.learning_rate, config.dataset_train, epoch);
-        let resumed_part = state.partial.take();
-        let progress = EpochProgress {
-            batches_done: resumed_part.map_or(0, |p| p.batches_done),
-            totals: resumed_part.map_or_else(EpochTotals::default, |p| p.totals),
-            seconds: resumed_part.map_or(0.0, |p| p.seconds),
-        };
-        let start = Instant::now();
         let mut steps = StepBudget {
             stop: &opts.stop,
             left: opts.stop_after_steps.map(|n| n.saturating_sub(session_steps)),
             taken: 0,
         };
+        let lr = schedule::learning_rate(config.learning_rate, config.dataset_train, epoch);
+        let epoch_start = Instant::now();
+        let resumed_part = state.partial.take();
         let (trained, outcome) = train_epoch(
             config,
             model,
             &mut optimizer,
-            &train_loader,
+            &loaders.0,
             &loss_fn,
             &mut step_devices,
             epoch,
             lr,
-            progress,
+            EpochProgress::resumed(resumed_part),
             &mut steps,
         )?;
         model = trained;
         session_steps += steps.taken;
+        let seconds_before = resumed_part.map_or(0.0, |p| p.seconds);
         let train_totals = match outcome {
             EpochOutcome::Finished(totals) => totals,
             EpochOutcome::Stopped(part) => {
-                state.partial = Some(PartialEpoch {
-                    epoch,
-                    batches_done: part.batches_done,
-                    totals: part.totals,
-                    seconds: part.seconds + start.elapsed().as_secs_f64(),
-                });
-                state.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
-                let checkpoint = run.checkpoint_last();
-                checkpoint::save(&checkpoint, &model, &optimizer, &state)?;
-                return Err(Interrupted {
-                    checkpoint,
-                    epoch,
-                    steps_done: part.batches_done,
-                }
-                .into());
+                let seconds = epoch_start.elapsed().as_secs_f64();
+                return Err(session.stop_mid_epoch(epoch, part, seconds, &model, &optimizer, &mut state));
             }
         };
-        let train_seconds = progress.seconds + start.elapsed().as_secs_f64();
-        let test_totals = test_epoch(&model, &test_loader, &mut state.reported)?;
+        let train_seconds = seconds_before + epoch_start.elapsed().as_secs_f64();
+        let test_totals = test_epoch(&model, &loaders.1, &mut state.reported)?;
         let record = EpochRecord {
             epoch,
             learning_rate: lr,
@@ -268,12 +179,173 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             test_loss: test_totals.loss(),
             test_acc: test_totals.accuracy(),
             test_acc_reported: state.reported.value,
-            epoch_seconds: progress.seconds + start.elapsed().as_secs_f64(),
+            epoch_seconds: seconds_before + epoch_start.elapsed().as_secs_f64(),
             train_images_per_sec: train_totals.total as f64 / train_seconds,
         };
-        let improved = state.history.iter().all(|r| record.test_acc > r.test_acc);
+        session.end_epoch(record, &model, &optimizer, &mut state)?;
+        // A signal during the test pass stops here, with this epoch's checkpoint written.
+        if opts.stop.is_requested() && epoch < config.nepochs {
+            return Err(Interrupted {
+                checkpoint: session.run.checkpoint_last(),
+                epoch: epoch + 1,
+                steps_done: 0,
+            }
+            .into());
+        }
+    }
+    session.finish(state)
+}
+
+/// Loads a checkpoint folder into `model`, `optimizer` and `state`, after checking that it was
+/// trained with the same settings (only --nepochs, --dataroot and --nthreads may change).
+fn resume(
+    dir: &std::path::Path,
+    config: &Config,
+    opts: &RunOptions,
+    state: &mut TrainState,
+    model: Net,
+    optimizer: ModuleOptimizer,
+) -> Result<(Net, ModuleOptimizer)> {
+    let saved = checkpoint::load_state(dir)?;
+    let mismatches = config.resume_mismatches(&saved.config);
+    if !mismatches.is_empty() {
+        let saved_fields = saved.config.fields();
+        let now_fields = config.fields();
+        let list: Vec<String> = mismatches
+            .iter()
+            .map(|f| format!("{f}: {} then, {} now", saved_fields[f], now_fields[f]))
+            .collect();
+        bail!(
+            "{} was trained with other settings ({}): resume with the flags the run was started with \
+             (only --nepochs, --dataroot and --nthreads may change)",
+            dir.display(),
+            list.join("; ")
+        );
+    }
+    let loaded = checkpoint::load_into(dir, model, optimizer)?;
+    state.epochs_done = saved.epochs_done;
+    state.partial = saved.partial;
+    state.history = saved.history;
+    state.reported = saved.reported;
+    state.wall_seconds = saved.wall_seconds;
+    match saved.partial {
+        Some(p) => say!(
+            opts,
+            "Resumed from {} in epoch {} after {} batches",
+            dir.display(),
+            p.epoch,
+            p.batches_done
+        ),
+        None => say!(opts, "Resumed from {} after epoch {}", dir.display(), state.epochs_done),
+    }
+    Ok(loaded)
+}
+
+/// What the steps of one training session share: the run folder it writes, and its clock.
+struct Session<'a> {
+    config: &'a Config,
+    opts: &'a RunOptions,
+    provenance: Provenance,
+    run: RunDir,
+    params: ParamCount,
+    started: Instant,
+    /// Wall time of the run's earlier sessions (when resumed).
+    wall_before: f64,
+}
+
+impl<'a> Session<'a> {
+    /// Creates (or reopens) the run folder and records how this session was started.
+    fn open(
+        config: &'a Config,
+        opts: &'a RunOptions,
+        save: Option<PathBuf>,
+        model: &Net,
+        wall_before: f64,
+        started: Instant,
+    ) -> Result<Self> {
+        let provenance = Provenance::this(&opts.backend.name);
+        let run = RunDir::create(save.unwrap_or_else(RunDir::default_root), opts.logs.clone())?;
+        run.write_run_info(&RunInfo {
+            provenance: provenance.clone(),
+            command: std::env::args().collect(),
+            started: chrono::Local::now().to_rfc3339(),
+            config: config.clone(),
+        })?;
+        Ok(Self {
+            config,
+            opts,
+            provenance,
+            run,
+            params: ParamCount::of(model),
+            started,
+            wall_before,
+        })
+    }
+
+    /// The run's wall time over all its sessions, this one until now.
+    fn wall_seconds(&self) -> f64 {
+        self.wall_before + self.started.elapsed().as_secs_f64()
+    }
+
+    /// The model's size and what is trained on what, where.
+    fn announce(&self, data: &data::Data, load_seconds: f64) {
+        let (config, opts) = (self.config, self.opts);
+        say!(opts, "{}", self.params.model_size_line());
         say!(
             opts,
+            "Training {} on {} {} images{} from {} (read in {load_seconds:.1} s), testing on {} {} images, backend {}, run folder {}",
+            Config::value_name(&config.net_type),
+            data.train.len(),
+            Config::value_name(&config.dataset_train),
+            if data.augment { " (random crop and flip)" } else { "" },
+            data.source,
+            data.test.len(),
+            Config::value_name(&config.dataset_test),
+            opts.backend.name,
+            self.run.root.display()
+        );
+        if let (false, Some(note)) = (opts.backend.is_cpu(), crate::device::AUTOTUNE_NOTE) {
+            say!(opts, "{note}");
+        }
+    }
+
+    /// Saves a run stopped `part` of the way into `epoch` (`seconds` of it in this session) to
+    /// its checkpoint-last, and returns the error that says where to resume from.
+    fn stop_mid_epoch(
+        &self,
+        epoch: usize,
+        part: EpochProgress,
+        seconds: f64,
+        model: &Net,
+        optimizer: &ModuleOptimizer,
+        state: &mut TrainState,
+    ) -> anyhow::Error {
+        state.partial = Some(PartialEpoch {
+            epoch,
+            batches_done: part.batches_done,
+            totals: part.totals,
+            seconds: part.seconds + seconds,
+        });
+        state.wall_seconds = self.wall_seconds();
+        let checkpoint = self.run.checkpoint_last();
+        if let Err(e) = checkpoint::save(&checkpoint, model, optimizer, state) {
+            return e;
+        }
+        Interrupted {
+            checkpoint,
+            epoch,
+            steps_done: part.batches_done,
+        }
+        .into()
+    }
+
+    /// Prints an epoch's line and records it: metrics, checkpoint-last (and checkpoint-best when
+    /// the test accuracy improved), the summary so far.
+    fn end_epoch(&self, record: EpochRecord, model: &Net, optimizer: &ModuleOptimizer, state: &mut TrainState) -> Result<()> {
+        let (config, run, epoch) = (self.config, &self.run, record.epoch);
+        let improved = state.history.iter().all(|r| record.test_acc > r.test_acc);
+        say!(
+            self.opts,
             "{}  Epoch {}/{}  Train: Loss {:.4} Accuracy {:.2}  Test: Loss {:.4} Accuracy {:.2} (original code would report {:.2})  {:.1}s, {:.0} img/s{}",
             chrono::Local::now().format("%Y-%m-%d %H:%M:%S"),
             epoch,
@@ -289,7 +361,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         );
         state.history.push(record);
         state.epochs_done = epoch;
-        state.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
+        state.wall_seconds = self.wall_seconds();
         let keep_going = || {
             format!(
                 "epoch {epoch} is done but its checkpoint could not be written; the run folder keeps the previous \
@@ -298,38 +370,34 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             )
         };
         run.write_metrics(&state.history).with_context(keep_going)?;
-        checkpoint::save(&run.checkpoint_last(), &model, &optimizer, &state).with_context(keep_going)?;
+        checkpoint::save(&run.checkpoint_last(), model, optimizer, state).with_context(keep_going)?;
         if improved {
-            checkpoint::save(&run.checkpoint_best(), &model, &optimizer, &state).with_context(keep_going)?;
+            checkpoint::save(&run.checkpoint_best(), model, optimizer, state).with_context(keep_going)?;
         }
         let so_far = RunSummary {
             run_dir: run.root.clone(),
             history: state.history.clone(),
-            params,
+            params: self.params,
         };
-        run.write_summary(&so_far.file(&provenance, config, state.wall_seconds))?;
-        // A signal during the test pass stops here, with this epoch's checkpoint written.
-        if opts.stop.is_requested() && epoch < config.nepochs {
-            return Err(Interrupted {
-                checkpoint: run.checkpoint_last(),
-                epoch: epoch + 1,
-                steps_done: 0,
-            }
-            .into());
-        }
+        run.write_summary(&so_far.file(&self.provenance, config, state.wall_seconds))?;
+        Ok(())
     }
 
-    let summary = RunSummary {
-        run_dir: run.root.clone(),
-        history: state.history,
-        params,
-    };
-    state.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
-    run.write_summary(&summary.file(&provenance, config, state.wall_seconds))?;
-    if opts.verbose {
-        print_summary(&summary);
+    /// Writes the run's summary and prints it.
+    fn finish(self, mut state: TrainState) -> Result<RunSummary> {
+        let summary = RunSummary {
+            run_dir: self.run.root.clone(),
+            history: state.history,
+            params: self.params,
+        };
+        state.wall_seconds = self.wall_seconds();
+        self.run
+            .write_summary(&summary.file(&self.provenance, self.config, state.wall_seconds))?;
+        if self.opts.verbose {
+            print_summary(&summary);
+        }
+        Ok(summary)
     }
-    Ok(summary)
 }
 
 /// Measures what a step needs (CPU only: GPU memory is not the host allocator's) and refuses a
@@ -377,6 +445,17 @@ struct EpochProgress {
     totals: EpochTotals,
     /// Training seconds already spent on the epoch (in earlier sessions).
     seconds: f64,
+}
+
+impl EpochProgress {
+    /// Where an epoch starts: at its beginning, or where a stopped session left it.
+    fn resumed(part: Option<PartialEpoch>) -> Self {
+        Self {
+            batches_done: part.map_or(0, |p| p.batches_done),
+            totals: part.map_or_else(EpochTotals::default, |p| p.totals),
+            seconds: part.map_or(0.0, |p| p.seconds),
+        }
+    }
 }
 
 enum EpochOutcome {
