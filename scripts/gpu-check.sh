@@ -13,7 +13,7 @@
 #                                     .gpu-data/   CIFAR-10 (the JPEG archive of ../shared/data);
 #                                     .gl/         the Vulkan loader's Debian packages.
 #                                   A bundle whose `stamp` matches the committed sources and features is
-#                                   kept, not rebuilt: a session without a GPU can prepare for the next one.
+#                                   kept, not rebuilt: a machine without a GPU can prepare them ahead.
 #                                   A call carries 64 MiB at most: `prepare` prints each folder's size.
 #   scripts/gpu-check.sh tests      the GPU tests on CUDA, then on Vulkan (about 2 minutes):
 #                                     run(command="scripts/gpu-check.sh tests", carry=[".gpu", ".gpu-tests", ".gl"], timeout_s=300)
@@ -53,9 +53,9 @@ source_stamp() {
 }
 
 # Builds `what` (pnn or gpu-tests) with `features`, stripped and compressed into folder `dir`,
-# unless `dir` holds a bundle of the same sources and features already (its `stamp`): a session
-# that prepared the bundles leaves them for the next one with a GPU, which then skips the hour of
-# building. `dir/stamp` also names the commit, for the report.
+# unless `dir` holds a bundle of the same sources and features already (its `stamp`): bundles
+# prepared ahead on a machine without a GPU are used as they are, without the hour of building.
+# `dir/stamp` also names the commit, for the report.
 bundle() {
   local what=$1 features=$2 dir=$3 bin stamp
   stamp=$(source_stamp "$features")

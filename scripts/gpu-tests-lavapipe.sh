@@ -2,7 +2,7 @@
 # The GPU tests (tests/gpu.rs) on a machine without a GPU: burn's wgpu backend with WGSL shaders,
 # on Mesa's CPU Vulkan driver (lavapipe). The same CubeCL kernels as on a GPU, compiled to WGSL
 # instead of SPIR-V (lavapipe crashes on cubecl's SPIR-V: docs/gpu.md), so a kernel change is
-# checked here in about a minute instead of waiting for a GPU session.
+# checked here in about a minute without a GPU machine.
 #
 #   scripts/gpu-tests-lavapipe.sh [extra features, e.g. gpu-fusion] [-- test filter and options]
 #

@@ -74,6 +74,6 @@ cat <<EOF
 
 Ready. Build with:
   cargo build --release --features cuda
-(about 25 minutes on 2 cores the first time). pnn finds libdevice in $cuda_root by itself;
+(18 minutes on 2 cores the first time). pnn finds libdevice in $cuda_root by itself;
 other programs of burn's CUDA backend need: export CUDA_PATH=$cuda_root
 EOF

@@ -311,9 +311,8 @@ fn main() -> ExitCode {
     // The command runs on one of the worker threads of rayon's pool rather than beside them. A
     // parallel loop started from outside the pool is handed over to it and the calling thread
     // sleeps until it is done, at the cost of waking threads across the pool's boundary each
-    // time: with a step made of many short parallel operations that was a fifth to a third of
-    // a batch-16 step (`pnn bench`, noiseresnet18 7x7: 217-233 -> 286-339 images/s; no change
-    // at batch 64). Inside the pool, the thread running the command takes part in the work.
+    // time, which adds up over a step made of many short parallel operations (docs/speed.md has
+    // the figures). Inside the pool, the thread running the command takes part in the work.
     let result = match rayon::ThreadPoolBuilder::new().build() {
         Ok(pool) => pool.install(|| run(cli)),
         Err(_) => run(cli),

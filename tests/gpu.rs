@@ -11,7 +11,7 @@
 //!
 //! A `--features wgpu` build runs these on a machine without a GPU through Mesa's CPU Vulkan
 //! driver (lavapipe: `scripts/gpu-tests-lavapipe.sh` installs it and runs these), which is how the kernels are checked here
-//! between GPU sessions.
+//! without a GPU.
 
 #[cfg(feature = "gpu")]
 mod common;

@@ -3,9 +3,8 @@
 //! backward pass shared with BatchNorm's kernel.
 //!
 //! Why: burn's addition and ReLU are two passes over the maps forward and two backward, and
-//! on flex each ran on the main thread alone (float_add, relu and its backward were 5% of a
-//! `perturb_resnet18 --filter_size 1` step's samples in perf, while the other core waited).
-//! Here it is one pass each way, on rayon's threads:
+//! on flex each ran on the main thread alone while the other cores waited (the profile is in
+//! docs/speed.md). Here it is one pass each way, on rayon's threads:
 //!
 //!   forward   out = max(a + b, 0)            b of a's shape, or one sample broadcast over the batch
 //!   backward  da = db = dy where out > 0, else 0   (db summed over the batch when broadcast)

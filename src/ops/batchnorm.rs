@@ -2,7 +2,7 @@
 //!
 //! burn's generic `batch_norm_train` swaps the batch and channel axes and reshapes, which on flex
 //! copies the whole activation, twice forward and twice backward, beside several elementwise
-//! passes (`copy_2d_tiled` was a fifth of a perturbation layer's time in perf). Here the
+//! passes (docs/speed.md has the profile). Here the
 //! statistics are sums over each channel's N strided runs of H x W values, read in place:
 //!
 //!   forward   mean, var (biased) per channel; y = (x - mean) / sqrt(var + eps) * gamma + beta
@@ -34,8 +34,7 @@ pub trait BatchNormOps: burn::backend::Backend {
     /// `moments` = `channel_moments(x)` (passed in so that they are computed once per step;
     /// the backward pass differentiates through them itself). With `relu`, a ReLU follows in the
     /// same pass, as after nearly every BatchNorm of these models: burn's ReLU is a separate
-    /// pass over the maps on one thread, forward and backward (3.6% of a step's samples in
-    /// perf, all on the main thread).
+    /// pass over the maps on one thread, forward and backward.
     fn batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

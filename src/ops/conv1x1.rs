@@ -11,12 +11,10 @@
 //! convolution with stride s reads), and the input gradient is placed back at those pixels.
 //! The bias and the stride are part of the operation because, as burn's broadcast addition,
 //! slice and their backward passes (a sum over three axes, a zeroed buffer written through a
-//! slice), each ran on the main thread alone: 4-5% of a `perturb_resnet18 --filter_size 1`
-//! step's samples in perf.
+//! slice), each ran on the main thread alone.
 //!
 //! Why not burn's operations: flex's convolution took 2-3x longer for these shapes, and its
-//! matrix product copies every transposed operand first (`copy_2d_tiled` was a sixth of a
-//! cifarnet step in perf). The 1x1 convolution is the layer the paper's "1x1 network" is built
+//! matrix product copies every transposed operand first (docs/speed.md has the profiles). The 1x1 convolution is the layer the paper's "1x1 network" is built
 //! of: every perturbation layer with one mask, the mix_maps layer, noiseresnet18's layers and
 //! the ResNet shortcuts.
 

@@ -1,8 +1,8 @@
 //! Max pooling on the CPU backend, as one operation with a hand-written backward.
 //!
 //! flex's max pooling computes every output with integer divisions and a NaN-aware scalar
-//! comparison, and its backward is a scalar scatter: together they took half of a lenet step
-//! (perf). Here each (sample, channel) plane is pooled by one task: the window's maximum and
+//! comparison, and its backward is a scalar scatter, both slow enough to dominate a lenet step
+//! (docs/speed.md). Here each (sample, channel) plane is pooled by one task: the window's maximum and
 //! where it was (the first maximum, padding never chosen, as PyTorch), kept for the backward
 //! pass, which adds each output's gradient to that place.
 

@@ -1,7 +1,7 @@
 //! The models `tests/gpu.rs` runs on a GPU and on the CPU, by their flags. They live here so that
 //! a CPU test (`tests/fused.rs`) checks every flag set is a valid configuration in the default
-//! build: the GPU tests are built only with a GPU feature, and one of these once waited a whole
-//! GPU session to report a config error (before they also ran on lavapipe).
+//! build: the GPU tests are built only with a GPU feature, so a config error in one of these
+//! would otherwise show only where a GPU build runs.
 
 /// (what, flags) of each model the GPU tests compare with the CPU.
 pub const GPU_MODELS: &[(&str, &str)] = &[

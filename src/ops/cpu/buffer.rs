@@ -1,8 +1,7 @@
 //! Output buffers that the kernels fill on rayon's threads, allocated without zeroing.
 //!
-//! `vec![0f32; n]` zeroes all n floats on the calling thread before the parallel work starts. In
-//! a training step of `perturb_resnet18 --filter_size 1` those memsets were 6.5% of all samples,
-//! every one of them on the main thread while the other core waited (perf, steady state). The
+//! `vec![0f32; n]` zeroes all n floats on the calling thread before the parallel work starts,
+//! while the other cores wait (docs/speed.md has the profile). The
 //! kernels write every output value anyway, so here each thread writes its own chunks straight
 //! into uninitialised memory, or zeroes them itself where it accumulates.
 

@@ -40,7 +40,7 @@ const REDUCE_UNITS: u32 = 256;
 const SAMPLES_PER_UNIT: usize = 4;
 
 /// Weights j each cube of `grad_weight` sums: each dy value it loads serves this many (the
-/// earlier one-cube-per-weight kernel loaded every dy value Kg times).
+/// cube per weight would load every dy value Kg times).
 const WEIGHTS_PER_CUBE: usize = 8;
 
 /// Threads the mask gradient's first stage aims for: enough to fill a large GPU (an H200 holds
