@@ -364,3 +364,47 @@ fn fixed_seed_runs_reproduce_the_recorded_metrics() {
         assert_eq!(got, want, "{name}: the metrics differ from {}", path.display());
     }
 }
+
+/// A run folder written by an earlier pnn (`tests/recorded/run-lenet`: lenet on the tiny MNIST
+/// set, one epoch, two threads) still reads and resumes: its `config.json` is the configuration
+/// its flags give today, `pnn compare`'s reader takes the folder, and training resumes from its
+/// checkpoint into a second epoch whose first is the recorded one.
+#[test]
+fn a_run_folder_of_an_earlier_pnn_reads_and_resumes() {
+    let _turn = one_at_a_time();
+    let recorded = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recorded/run-lenet");
+    let data = tempfile::tempdir().unwrap();
+    write_tiny_mnist(data.path(), 96, 32);
+    let now = config(data.path(), 1, &[]);
+
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(recorded.join("config.json")).unwrap()).unwrap();
+    let mut then: Config = serde_json::from_value(info["config"].clone()).unwrap();
+    then.dataroot = now.dataroot.clone();
+    assert_eq!(then, now);
+    let run = pnn::report::recorded::RecordedRun::load(&recorded).unwrap();
+    assert_eq!(run.history.len(), 1);
+
+    // Resumed from a copy (a checkpoint is rewritten as a run goes on).
+    let copy = tempfile::tempdir().unwrap();
+    for entry in ["config.json", "metrics.jsonl", "metrics.csv", "summary.json", "checkpoint-last"] {
+        let from = recorded.join(entry);
+        if from.is_dir() {
+            std::fs::create_dir_all(copy.path().join(entry)).unwrap();
+            for file in std::fs::read_dir(&from).unwrap() {
+                let file = file.unwrap().path();
+                std::fs::copy(&file, copy.path().join(entry).join(file.file_name().unwrap())).unwrap();
+            }
+        } else {
+            std::fs::copy(&from, copy.path().join(entry)).unwrap();
+        }
+    }
+    let cfg = config(data.path(), 2, &[]);
+    let two_threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let resumed = two_threads
+        .install(|| train::train(&cfg, options(copy.path(), Some(copy.path().join("checkpoint-last")), None)))
+        .unwrap();
+    assert_eq!(resumed.history.len(), 2);
+    let recorded_first = metrics_without_timing(&recorded)[0].clone();
+    assert_eq!(metrics_without_timing(copy.path())[0], recorded_first);
+}

@@ -22,7 +22,7 @@ impl RecordedRun {
         let summary = RunSummaryFile::load(dir)?.ok_or_else(|| {
             anyhow::anyhow!(
                 "{} is not a finished pnn run folder: {SUMMARY_FILE} is missing \
-                 (it is written after the first epoch; runs from pnn before 0.1's results issue lack it)",
+                 (it is written after the first epoch)",
                 dir.display()
             )
         })?;
