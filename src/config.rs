@@ -1,9 +1,10 @@
 //! One experiment configuration: every flag of the reproduction's `main.py`, its defaults, and
 //! the checks that refuse a configuration the models cannot honour.
 //!
-//! `TrainArgs` is what clap parses (flags spelled as in the reference, hyphen and underscore
-//! forms both accepted); `Config` is the resolved, validated, serialisable form that every run
-//! records next to its results.
+//! `Config` declares every flag of an experiment once: its spellings (as in the reference, hyphen
+//! and underscore forms both accepted), its default, and its key in the `config.json` that every
+//! run records next to its results. `TrainArgs` is what clap parses: the configuration, and the
+//! flags of where and how the run happens.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -107,38 +108,20 @@ impl DatasetName {
     }
 }
 
-/// Flags of `pnn train` and `pnn info`, spelled as the reproduction spells them.
+/// Flags of `pnn train`, `pnn info` and `pnn bench`, spelled as the reproduction spells them: the
+/// experiment's configuration, declared once in [`Config`], and where and how this run happens.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
-    // ---------------- data ----------------
-    /// Training data set (case-insensitive).
-    #[arg(
-        long = "dataset-train",
-        alias = "dataset_train",
-        value_enum,
-        ignore_case = true,
-        default_value = "CIFAR10"
-    )]
-    pub dataset_train: DatasetName,
-    /// Test data set (case-insensitive); must have the same image geometry as the training set.
-    #[arg(
-        long = "dataset-test",
-        alias = "dataset_test",
-        value_enum,
-        ignore_case = true,
-        default_value = "CIFAR10"
-    )]
-    pub dataset_test: DatasetName,
-    /// Folder holding the data files: MNIST's four IDX files (gzipped or not), CIFAR's binary
-    /// release (unpacked or the .tar.gz), or an image folder.
-    #[arg(long, default_value = "./data")]
-    pub dataroot: PathBuf,
-    /// Download a named data set that is missing from --dataroot (default, as torchvision).
-    #[arg(long, overrides_with = "no_download")]
-    pub download: bool,
-    /// Never download: fail with a message saying where to put the files.
-    #[arg(long = "no-download", alias = "no_download", overrides_with = "download")]
-    pub no_download: bool,
+    #[command(flatten)]
+    pub config: Config,
+    #[command(flatten)]
+    pub run: RunFlags,
+}
+
+/// Where and how a run happens: flags that do not change its numbers and are not part of its
+/// recorded configuration.
+#[derive(Debug, Clone, Args)]
+pub struct RunFlags {
     /// Run folder: arguments, metrics and checkpoints go here [default: results/<timestamp>].
     #[arg(long)]
     pub save: Option<PathBuf>,
@@ -162,8 +145,47 @@ pub struct TrainArgs {
     /// Memory the run may use at its peak, in MiB [default: what the machine has available].
     #[arg(long = "memory-budget", alias = "memory_budget", value_name = "MIB")]
     pub memory_budget: Option<u64>,
+    /// Accepted for compatibility with the reference, which parses and ignores it; the step
+    /// schedule of the data set decides the decay.
+    #[arg(long = "learning-rate-decay", alias = "learning_rate_decay")]
+    pub learning_rate_decay: Option<f64>,
+}
 
-    // ---------------- model ----------------
+/// A resolved, validated experiment configuration: each field is its flag (with the flag's
+/// spellings and default) and its key in the `config.json` every run folder records. A flag
+/// with an opposite (`--use_act` / `--no-use_act`) is one field; its opposite is parsed beside
+/// it and folded in by [`TrainArgs::to_config`], never recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Args)]
+pub struct Config {
+    /// Training data set (case-insensitive).
+    #[arg(
+        long = "dataset-train",
+        alias = "dataset_train",
+        value_enum,
+        ignore_case = true,
+        default_value = "CIFAR10"
+    )]
+    pub dataset_train: DatasetName,
+    /// Test data set (case-insensitive); must have the same image geometry as the training set.
+    #[arg(
+        long = "dataset-test",
+        alias = "dataset_test",
+        value_enum,
+        ignore_case = true,
+        default_value = "CIFAR10"
+    )]
+    pub dataset_test: DatasetName,
+    /// Folder holding the data files: MNIST's four IDX files (gzipped or not), CIFAR's binary
+    /// release (unpacked or the .tar.gz), or an image folder.
+    #[arg(long, default_value = "./data")]
+    pub dataroot: PathBuf,
+    /// Download a named data set that is missing from --dataroot (default, as torchvision).
+    #[arg(long, default_value_t = true, overrides_with = "no_download")]
+    pub download: bool,
+    /// Never download: fail with a message saying where to put the files.
+    #[arg(long = "no-download", alias = "no_download", overrides_with = "download")]
+    #[serde(skip)]
+    pub no_download: bool,
     /// Network: lenet, cifarnet, resnet18, noiseresnet18, perturb_resnet18.
     #[arg(
         long = "net-type",
@@ -225,33 +247,36 @@ pub struct TrainArgs {
     pub use_act: bool,
     /// Do not apply the activation after the first layer's perturbation (default).
     #[arg(long = "no-use_act", aliases = ["no-use-act", "no_use_act"], overrides_with = "use_act")]
+    #[serde(skip)]
     pub no_use_act: bool,
     /// A different set of masks for each input channel (default).
-    #[arg(long = "unique_masks", alias = "unique-masks", overrides_with = "no_unique_masks")]
+    #[arg(long = "unique_masks", alias = "unique-masks", default_value_t = true, overrides_with = "no_unique_masks")]
     pub unique_masks: bool,
     /// The same set of masks for every input channel.
     #[arg(long = "no-unique_masks", aliases = ["no-unique-masks", "no_unique_masks"], overrides_with = "unique_masks")]
+    #[serde(skip)]
     pub no_unique_masks: bool,
     /// Train the noise masks as ordinary parameters.
     #[arg(long = "train_masks", alias = "train-masks", overrides_with = "no_train_masks")]
     pub train_masks: bool,
     /// Keep the noise masks fixed (default).
     #[arg(long = "no-train_masks", aliases = ["no-train-masks", "no_train_masks"], overrides_with = "train_masks")]
+    #[serde(skip)]
     pub no_train_masks: bool,
     /// Add a second 1x1 convolution (+ BatchNorm + activation) that mixes the output maps.
     #[arg(long = "mix_maps", alias = "mix-maps", overrides_with = "no_mix_maps")]
     pub mix_maps: bool,
     /// No mixing 1x1 convolution (default).
     #[arg(long = "no-mix_maps", aliases = ["no-mix-maps", "no_mix_maps"], overrides_with = "mix_maps")]
+    #[serde(skip)]
     pub no_mix_maps: bool,
     /// Print input, noise and output values of the perturbation layers at every step.
     #[arg(long, overrides_with = "no_debug")]
     pub debug: bool,
     /// No debug printing (default).
     #[arg(long = "no-debug", alias = "no_debug", overrides_with = "debug")]
+    #[serde(skip)]
     pub no_debug: bool,
-
-    // ---------------- training ----------------
     /// Images per batch, for training and testing.
     #[arg(long = "batch-size", alias = "batch_size", default_value_t = 64)]
     pub batch_size: usize,
@@ -270,8 +295,6 @@ pub struct TrainArgs {
     /// Test on the first N test images only.
     #[arg(long = "test-subset", alias = "test_subset")]
     pub test_subset: Option<usize>,
-
-    // ---------------- optimiser ----------------
     /// Optimiser: SGD (Nesterov momentum), Adam or RMSprop.
     #[arg(
         long = "optim-method",
@@ -289,10 +312,6 @@ pub struct TrainArgs {
         allow_negative_numbers = true
     )]
     pub learning_rate: f64,
-    /// Accepted for compatibility with the reference, which parses and ignores it; the step
-    /// schedule of the data set decides the decay.
-    #[arg(long = "learning-rate-decay", alias = "learning_rate_decay")]
-    pub learning_rate_decay: Option<f64>,
     /// Momentum (SGD and RMSprop).
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub momentum: f64,
@@ -322,43 +341,6 @@ pub struct TrainArgs {
     pub adam_beta2: f64,
 }
 
-/// A resolved, validated experiment configuration. Recorded in every run folder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Config {
-    pub dataset_train: DatasetName,
-    pub dataset_test: DatasetName,
-    pub dataroot: PathBuf,
-    pub download: bool,
-    pub net_type: NetType,
-    pub nfilters: usize,
-    pub nmasks: usize,
-    pub level: f64,
-    pub scale_noise: f64,
-    pub noise_type: NoiseType,
-    pub dropout: f64,
-    pub act: Act,
-    pub pool_type: PoolType,
-    pub filter_size: usize,
-    pub first_filter_size: usize,
-    pub use_act: bool,
-    pub unique_masks: bool,
-    pub train_masks: bool,
-    pub mix_maps: bool,
-    pub debug: bool,
-    pub batch_size: usize,
-    pub nepochs: usize,
-    pub nthreads: usize,
-    pub manual_seed: u64,
-    pub train_subset: Option<usize>,
-    pub test_subset: Option<usize>,
-    pub optim_method: OptimMethod,
-    pub learning_rate: f64,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    pub adam_beta1: f64,
-    pub adam_beta2: f64,
-}
-
 /// `TrainArgs` alone, for parsing a command's flags outside the `pnn` command line.
 #[derive(Parser)]
 #[command(no_binary_name = true)]
@@ -379,43 +361,16 @@ impl TrainArgs {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// Resolves the paired on/off flags and validates the whole configuration.
+    /// Folds each flag's opposite into it (clap's `overrides_with` leaves only the last of a
+    /// pair set) and validates the whole configuration.
     pub fn to_config(&self) -> Result<Config> {
-        let config = Config {
-            dataset_train: self.dataset_train,
-            dataset_test: self.dataset_test,
-            dataroot: self.dataroot.clone(),
-            download: !self.no_download,
-            net_type: self.net_type,
-            nfilters: self.nfilters,
-            nmasks: self.nmasks,
-            level: self.level,
-            scale_noise: self.scale_noise,
-            noise_type: self.noise_type,
-            dropout: self.dropout,
-            act: self.act,
-            pool_type: self.pool_type,
-            filter_size: self.filter_size,
-            first_filter_size: self.first_filter_size,
-            // clap's overrides_with leaves only the last of each pair set.
-            use_act: self.use_act,
-            unique_masks: !self.no_unique_masks,
-            train_masks: self.train_masks,
-            mix_maps: self.mix_maps,
-            debug: self.debug,
-            batch_size: self.batch_size,
-            nepochs: self.nepochs,
-            nthreads: self.nthreads,
-            manual_seed: self.manual_seed,
-            train_subset: self.train_subset,
-            test_subset: self.test_subset,
-            optim_method: self.optim_method,
-            learning_rate: self.learning_rate,
-            momentum: self.momentum,
-            weight_decay: self.weight_decay,
-            adam_beta1: self.adam_beta1,
-            adam_beta2: self.adam_beta2,
-        };
+        let mut config = self.config.clone();
+        config.download &= !std::mem::take(&mut config.no_download);
+        config.use_act &= !std::mem::take(&mut config.no_use_act);
+        config.unique_masks &= !std::mem::take(&mut config.no_unique_masks);
+        config.train_masks &= !std::mem::take(&mut config.no_train_masks);
+        config.mix_maps &= !std::mem::take(&mut config.no_mix_maps);
+        config.debug &= !std::mem::take(&mut config.no_debug);
         config.validate()?;
         Ok(config)
     }

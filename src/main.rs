@@ -130,23 +130,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => {
             let config = args.to_config()?;
-            let backend = Backend::parse_with_count(&args.device, args.ngpu)?;
+            let backend = Backend::parse_with_count(&args.run.device, args.run.ngpu)?;
             let opts = RunOptions {
-                save: args.save,
-                logs: args.logs,
-                resume: args.resume,
+                save: args.run.save,
+                logs: args.run.logs,
+                resume: args.run.resume,
                 backend,
                 verbose: true,
                 stop: interrupt::install_handler()?,
                 stop_after_steps: None,
-                memory_budget: args.memory_budget.map(|mib| (mib as usize) << 20),
-                force: args.force,
+                memory_budget: args.run.memory_budget.map(|mib| (mib as usize) << 20),
+                force: args.run.force,
             };
             train::train(&config, opts)?;
         }
         Command::Info(args) => {
             let config = args.to_config()?;
-            let device = Backend::parse(&args.device)?.device;
+            let device = Backend::parse(&args.run.device)?.device;
             device.seed(config.manual_seed);
             let geometry = match Geometry::of(&config) {
                 Ok(g) => g,
@@ -159,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { args, steps, warmup } => {
             let config = args.to_config()?;
-            let backend = Backend::parse_with_count(&args.device, args.ngpu)?;
+            let backend = Backend::parse_with_count(&args.run.device, args.run.ngpu)?;
             let r = pnn::bench::run(&config, &backend, warmup, steps.max(1))?;
             println!(
                 "{} batch {} on {}:",
