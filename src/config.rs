@@ -250,7 +250,12 @@ pub struct Config {
     #[serde(skip)]
     pub no_use_act: bool,
     /// A different set of masks for each input channel (default).
-    #[arg(long = "unique_masks", alias = "unique-masks", default_value_t = true, overrides_with = "no_unique_masks")]
+    #[arg(
+        long = "unique_masks",
+        alias = "unique-masks",
+        default_value_t = true,
+        overrides_with = "no_unique_masks"
+    )]
     pub unique_masks: bool,
     /// The same set of masks for every input channel.
     #[arg(long = "no-unique_masks", aliases = ["no-unique-masks", "no_unique_masks"], overrides_with = "unique_masks")]

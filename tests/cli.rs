@@ -275,9 +275,18 @@ fn libdevice_is_found_where_the_cuda_backend_and_the_setup_script_put_it() {
     let (toolkit, empty, installed) = (root("toolkit", true), root("empty", false), root("installed", true));
     let libdevice = |root: &std::path::Path| Some(root.join("nvvm/libdevice/libdevice.10.bc"));
     let toolkits = [empty.clone(), toolkit.clone()];
-    assert_eq!(locate_libdevice(None, &toolkits, Some(installed.clone())), libdevice(&toolkit));
-    assert_eq!(locate_libdevice(None, &toolkits[..1], Some(installed.clone())), libdevice(&installed));
-    assert_eq!(locate_libdevice(Some(installed.clone()), &toolkits, None), libdevice(&installed));
+    assert_eq!(
+        locate_libdevice(None, &toolkits, Some(installed.clone())),
+        libdevice(&toolkit)
+    );
+    assert_eq!(
+        locate_libdevice(None, &toolkits[..1], Some(installed.clone())),
+        libdevice(&installed)
+    );
+    assert_eq!(
+        locate_libdevice(Some(installed.clone()), &toolkits, None),
+        libdevice(&installed)
+    );
     // A CUDA_PATH without libdevice is not passed over for another: the backend would not either.
     assert_eq!(locate_libdevice(Some(empty.clone()), &toolkits, Some(installed)), None);
     assert_eq!(locate_libdevice(None, &toolkits[..1], None), None);

@@ -36,11 +36,17 @@ fn every_activation_agrees_with_its_f64_form_and_its_derivative() {
             let v = -6.0 + 0.125 * (2 * i + 1) as f64;
             let exact = activate(act, v);
             let value = apply(act, v as f32) as f64;
-            assert!((value - exact).abs() <= 1e-6 * (1.0 + exact.abs()), "{act:?}({v}): {value} vs {exact}");
+            assert!(
+                (value - exact).abs() <= 1e-6 * (1.0 + exact.abs()),
+                "{act:?}({v}): {value} vs {exact}"
+            );
             let h = 1e-4;
             let slope = (activate(act, v + h) - activate(act, v - h)) / (2.0 * h);
             let d = derivative(act, v as f32) as f64;
-            assert!((d - slope).abs() <= 1e-4 * (1.0 + slope.abs()), "{act:?}'({v}): {d} vs {slope}");
+            assert!(
+                (d - slope).abs() <= 1e-4 * (1.0 + slope.abs()),
+                "{act:?}'({v}): {d} vs {slope}"
+            );
         }
         assert_eq!(FusedAct::from_code(act.code()), act);
     }

@@ -323,8 +323,19 @@ fn fixed_seed_runs_reproduce_the_recorded_metrics() {
     write_cifar10_release(&data.path().join("cifar"), 24);
     let cifar = |net: &[&'static str]| -> Vec<&'static str> {
         let mut flags = vec![
-            "--dataset-train", "CIFAR10", "--dataset-test", "CIFAR10", "--no-download", "--batch-size", "8",
-            "--nepochs", "2", "--learning-rate", "0.01", "--nfilters", "4",
+            "--dataset-train",
+            "CIFAR10",
+            "--dataset-test",
+            "CIFAR10",
+            "--no-download",
+            "--batch-size",
+            "8",
+            "--nepochs",
+            "2",
+            "--learning-rate",
+            "0.01",
+            "--nfilters",
+            "4",
         ];
         flags.extend_from_slice(net);
         flags
@@ -335,11 +346,26 @@ fn fixed_seed_runs_reproduce_the_recorded_metrics() {
             flags.extend(["--nepochs", "2"]);
             flags
         }),
-        ("noiseresnet18-7x7-cifar", &data.path().join("cifar"), cifar(&["--net-type", "noiseresnet18", "--first_filter_size", "7"])),
-        ("perturb_resnet18-4masks-cifar", &data.path().join("cifar"), cifar(&[
-            "--net-type", "perturb_resnet18", "--first_filter_size", "3", "--filter_size", "0", "--nmasks", "4",
-            "--train_masks",
-        ])),
+        (
+            "noiseresnet18-7x7-cifar",
+            &data.path().join("cifar"),
+            cifar(&["--net-type", "noiseresnet18", "--first_filter_size", "7"]),
+        ),
+        (
+            "perturb_resnet18-4masks-cifar",
+            &data.path().join("cifar"),
+            cifar(&[
+                "--net-type",
+                "perturb_resnet18",
+                "--first_filter_size",
+                "3",
+                "--filter_size",
+                "0",
+                "--nmasks",
+                "4",
+                "--train_masks",
+            ]),
+        ),
     ];
     let record = std::env::var("PNN_RECORD").is_ok_and(|v| v == "1");
     let out = tempfile::tempdir().unwrap();
@@ -351,9 +377,13 @@ fn fixed_seed_runs_reproduce_the_recorded_metrics() {
         // The hand-written CPU operations split their sums by thread count, so the last digits
         // depend on it: the recording was made with two threads, and every machine runs two.
         let two_threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        two_threads.install(|| train::train(&cfg, RunOptions::quiet(Some(run.clone())))).unwrap();
+        two_threads
+            .install(|| train::train(&cfg, RunOptions::quiet(Some(run.clone()))))
+            .unwrap();
         let got: String = metrics_without_timing(&run).iter().map(|m| format!("{m}\n")).collect();
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recorded").join(format!("{name}.jsonl"));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recorded")
+            .join(format!("{name}.jsonl"));
         if record {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, &got).unwrap();
@@ -387,7 +417,13 @@ fn a_run_folder_of_an_earlier_pnn_reads_and_resumes() {
 
     // Resumed from a copy (a checkpoint is rewritten as a run goes on).
     let copy = tempfile::tempdir().unwrap();
-    for entry in ["config.json", "metrics.jsonl", "metrics.csv", "summary.json", "checkpoint-last"] {
+    for entry in [
+        "config.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "summary.json",
+        "checkpoint-last",
+    ] {
         let from = recorded.join(entry);
         if from.is_dir() {
             std::fs::create_dir_all(copy.path().join(entry)).unwrap();
@@ -402,7 +438,12 @@ fn a_run_folder_of_an_earlier_pnn_reads_and_resumes() {
     let cfg = config(data.path(), 2, &[]);
     let two_threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let resumed = two_threads
-        .install(|| train::train(&cfg, options(copy.path(), Some(copy.path().join("checkpoint-last")), None)))
+        .install(|| {
+            train::train(
+                &cfg,
+                options(copy.path(), Some(copy.path().join("checkpoint-last")), None),
+            )
+        })
         .unwrap();
     assert_eq!(resumed.history.len(), 2);
     let recorded_first = metrics_without_timing(&recorded)[0].clone();

@@ -9,9 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Result;
 #[cfg(not(feature = "cuda"))]
 use anyhow::bail;
-use anyhow::Result;
 
 use super::Backend;
 
@@ -49,7 +49,11 @@ pub fn find_libdevice() -> Option<PathBuf> {
 /// [`find_libdevice`] with the environment's answers as arguments: `cuda_path`, when set, is the
 /// only place burn's backend looks; else the first of `toolkits` holding one, else `installed`
 /// (the folder that [`use_installed_libdevice`] hands on as CUDA_PATH).
-pub fn locate_libdevice(cuda_path: Option<PathBuf>, toolkits: &[PathBuf], installed: Option<PathBuf>) -> Option<PathBuf> {
+pub fn locate_libdevice(
+    cuda_path: Option<PathBuf>,
+    toolkits: &[PathBuf],
+    installed: Option<PathBuf>,
+) -> Option<PathBuf> {
     if let Some(root) = cuda_path {
         let path = libdevice_in(&root);
         return path.is_file().then_some(path);

@@ -14,9 +14,9 @@ use burn::tensor::{Device, Distribution, Tensor, s};
 use super::activation::Activation;
 use super::batchnorm::BatchNorm;
 use super::conv::{self, ConvSpec};
+use crate::config::{Act, NoiseType};
 use crate::ops;
 use crate::ops::activation::FusedAct;
-use crate::config::{Act, NoiseType};
 
 /// Everything that decides the structure of one perturbation layer.
 #[derive(Debug, Clone, Copy)]

@@ -5,8 +5,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::tensor::Tensor;
 
-use crate::ops;
 use crate::config::PoolType;
+use crate::ops;
 
 #[derive(Module, Debug)]
 pub enum Pool {

@@ -68,7 +68,11 @@ impl MapSize {
         }
         self.side = size / stride;
         if self.side == 0 {
-            bail!("{}: the feature maps shrink to nothing before stage {}: use larger images", self.flags, stage + 1);
+            bail!(
+                "{}: the feature maps shrink to nothing before stage {}: use larger images",
+                self.flags,
+                stage + 1
+            );
         }
         Ok(self.side)
     }

@@ -171,7 +171,6 @@ pub mod act {
     }
 }
 
-
 /// `act(v)` for an activation chosen at run time: the CPU types' arithmetic, for callers that
 /// are not compiled per activation (tests, diagnostics).
 pub fn apply(which: FusedAct, v: f32) -> f32 {

@@ -35,7 +35,7 @@ pub trait ConvOps: burn::backend::Backend {
 
 /// Sizes of one call.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
+struct ConvSizes {
     n: usize,
     c: usize,
     h: usize,
@@ -48,7 +48,7 @@ struct Geometry {
     ow: usize,
 }
 
-impl Geometry {
+impl ConvSizes {
     fn of(x: &[usize], weight: &[usize], stride: usize, padding: usize) -> Self {
         assert!(
             x.len() == 4 && weight.len() == 4 && weight[1] == x[1] && weight[2] == weight[3],
@@ -99,14 +99,14 @@ impl Geometry {
 ///
 /// Each row is zeroed with one fill and only its in-map ranges copied: the runs are short (one
 /// map row, 4-32 values), and a `fill` or `copy_from_slice` per run is a libc call per run.
-fn im2col(g: &Geometry, x_n: &[f32], cols: &mut [f32]) {
+fn im2col(g: &ConvSizes, x_n: &[f32], cols: &mut [f32]) {
     for (row, dst) in cols.chunks_mut(g.cols()).enumerate() {
         im2col_row(g, x_n, row, dst);
     }
 }
 
 /// Row `row` = (c, i, j) of one sample's patch matrix: `dst` holds its OH x OW values.
-fn im2col_row(g: &Geometry, x_n: &[f32], row: usize, dst: &mut [f32]) {
+fn im2col_row(g: &ConvSizes, x_n: &[f32], row: usize, dst: &mut [f32]) {
     let (c, i, j) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
     let plane = &x_n[c * g.h * g.w..][..g.h * g.w];
     let (y_lo, y_hi) = g.inside(i, g.h, g.oh);
@@ -144,7 +144,7 @@ fn im2col_row(g: &Geometry, x_n: &[f32], row: usize, dst: &mut [f32]) {
 
 /// The whole batch's patch matrix [CKK, N x OHW]: sample n's patches in columns n OHW.., built
 /// row by row on rayon's threads.
-fn im2col_batch(g: &Geometry, x: &[f32]) -> Vec<f32> {
+fn im2col_batch(g: &ConvSizes, x: &[f32]) -> Vec<f32> {
     let (plane_in, cols) = (g.c * g.h * g.w, g.cols());
     // SAFETY: each row is zeroed, then written by im2col_row.
     unsafe {
@@ -176,7 +176,7 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
 /// Adds each patch value back to the input pixel it came from. Row r of the patch matrix is
 /// `cols[r * row_stride..][..OHW]`: `row_stride` is OHW for one sample's matrix, N x OHW for the
 /// batch's (with `cols` starting at the sample's first column).
-fn col2im(g: &Geometry, cols: &[f32], row_stride: usize, dx_n: &mut [f32]) {
+fn col2im(g: &ConvSizes, cols: &[f32], row_stride: usize, dx_n: &mut [f32]) {
     for row in 0..g.rows() {
         let src = &cols[row * row_stride..][..g.cols()];
         let (c, i, j) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
@@ -208,7 +208,7 @@ fn col2im(g: &Geometry, cols: &[f32], row_stride: usize, dx_n: &mut [f32]) {
 /// pixels, read and wrote all of dW once per sample.
 const SMALL_MAPS: usize = 64;
 
-fn forward_values(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+fn forward_values(g: ConvSizes, x: &[f32], w: &[f32]) -> Vec<f32> {
     if g.cols() <= SMALL_MAPS {
         return forward_batch(g, x, w);
     }
@@ -235,7 +235,7 @@ fn forward_values(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 }
 
 /// The forward pass of [`SMALL_MAPS`] maps: Y [O, N x OHW] = W cols, then back to [N, O, OHW].
-fn forward_batch(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+fn forward_batch(g: ConvSizes, x: &[f32], w: &[f32]) -> Vec<f32> {
     let width = g.n * g.cols();
     let cols = im2col_batch(&g, x);
     // SAFETY: y2 is O x (N OHW), w O x CKK, cols CKK x (N OHW); the product writes all of y2.
@@ -252,7 +252,7 @@ fn forward_batch(g: Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 }
 
 /// (dx, dW).
-fn backward_values(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
+fn backward_values(g: ConvSizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
     if g.cols() <= SMALL_MAPS {
         return backward_batch(g, x, w, dy, need_x);
     }
@@ -300,7 +300,7 @@ fn backward_values(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) 
 /// The weight gradient of samples `samples`, and with `dx_block` their input gradient added
 /// into it (the block's planes, in order).
 fn dw_of_block(
-    g: &Geometry,
+    g: &ConvSizes,
     x: &[f32],
     dy: &[f32],
     w_t: Mat,
@@ -329,7 +329,7 @@ fn dw_of_block(
 
 /// The backward pass of [`SMALL_MAPS`] maps, with the batch as one matrix:
 /// dW = dY cols^T and dcols = W^T dY, [CKK, N x OHW], then col2im per sample.
-fn backward_batch(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
+fn backward_batch(g: ConvSizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
     let width = g.n * g.cols();
     let cols = im2col_batch(&g, x);
     let dy2 = gather(dy, g.n, g.o, g.cols());
@@ -369,7 +369,7 @@ fn backward_batch(g: Geometry, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -
 }
 
 fn forward_flex(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) -> FlexTensor {
-    let g = Geometry::of(&dims(x), &dims(weight), stride, padding);
+    let g = ConvSizes::of(&dims(x), &dims(weight), stride, padding);
     let (x, weight) = (contiguous(x), contiguous(weight));
     tensor(
         forward_values(g, values(&x), values(&weight)),
@@ -394,7 +394,7 @@ impl Backward<Flex, 2> for ConvBackward {
         let dy = contiguous(&grads.consume::<Flex>(&ops.node));
         let (x, weight, stride, padding) = ops.state;
         let (x_dims, weight_dims) = (dims(&x), dims(&weight));
-        let g = Geometry::of(&x_dims, &weight_dims, stride, padding);
+        let g = ConvSizes::of(&x_dims, &weight_dims, stride, padding);
         let (x, weight) = (contiguous(&x), contiguous(&weight));
         let (dx, dw) = backward_values(g, values(&x), values(&weight), values(&dy), node_x.is_some());
         if let Some(node) = node_x {

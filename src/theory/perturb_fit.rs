@@ -14,8 +14,8 @@ use super::features::{Block, Maps, Masks};
 use super::target::{HostMaps, Target};
 use crate::config::{Act, NoiseType};
 use crate::layer::conv::ConvSpec;
-use crate::ops::activation::FusedAct;
 use crate::layer::{PerturbLayer, PerturbSpec};
+use crate::ops::activation::FusedAct;
 
 /// What decides a fitted perturbation layer besides its number of masks.
 #[derive(Debug, Clone, Copy, PartialEq)]

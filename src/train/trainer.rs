@@ -341,7 +341,13 @@ impl<'a> Session<'a> {
 
     /// Prints an epoch's line and records it: metrics, checkpoint-last (and checkpoint-best when
     /// the test accuracy improved), the summary so far.
-    fn end_epoch(&self, record: EpochRecord, model: &Net, optimizer: &ModuleOptimizer, state: &mut TrainState) -> Result<()> {
+    fn end_epoch(
+        &self,
+        record: EpochRecord,
+        model: &Net,
+        optimizer: &ModuleOptimizer,
+        state: &mut TrainState,
+    ) -> Result<()> {
         let (config, run, epoch) = (self.config, &self.run, record.epoch);
         let improved = state.history.iter().all(|r| record.test_acc > r.test_acc);
         say!(
@@ -572,7 +578,11 @@ fn report_slow_first_step(progress: &indicatif::ProgressBar, seconds: f64) {
             ""
         };
         let line = format!("first step: {seconds:.1} s, most of it compiling{tuning} the GPU kernels");
-        if progress.is_hidden() { println!("{line}") } else { progress.println(line) }
+        if progress.is_hidden() {
+            println!("{line}")
+        } else {
+            progress.println(line)
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use pnn::config::{Act, NoiseType};
-use pnn::ops::activation::FusedAct;
 use pnn::layer::{PerturbLayer, PerturbSpec};
+use pnn::ops::activation::FusedAct;
 
 pub struct Case {
     pub c_in: usize,

@@ -143,4 +143,3 @@ pub(crate) fn scatter(v: &[f32], n: usize, k: usize, hw: usize, bias: Option<&[f
         })
     }
 }
-

@@ -25,7 +25,7 @@ const TILE: usize = 64;
 
 /// Sizes of one call, read off the operands' shapes.
 #[derive(Debug, Clone, Copy)]
-pub struct Geometry {
+pub struct PerturbSizes {
     pub n: usize,
     pub c: usize,
     pub h: usize,
@@ -43,7 +43,7 @@ pub struct Geometry {
     pub og: usize,
 }
 
-impl Geometry {
+impl PerturbSizes {
     /// x [N, C, H, W]; noise [1, C or 1, M, H, W]; weight [O, Kg, 1, 1].
     pub fn of(x: &[usize], noise: &[usize], weight: &[usize]) -> Self {
         let [n, c, h, w] = [x[0], x[1], x[2], x[3]];
@@ -87,7 +87,7 @@ impl Geometry {
 /// Operands of one call, contiguous f32.
 #[derive(Clone, Copy)]
 pub struct Operands<'a> {
-    pub g: &'a Geometry,
+    pub g: &'a PerturbSizes,
     pub x: &'a [f32],
     pub noise: &'a [f32],
     pub weight: &'a [f32],
@@ -192,7 +192,7 @@ struct Partial {
 }
 
 impl Partial {
-    fn zeros(g: &Geometry, need_noise: bool) -> Self {
+    fn zeros(g: &PerturbSizes, need_noise: bool) -> Self {
         Self {
             noise: vec![0.0; if need_noise { g.noise_c * g.m * g.hw } else { 0 }],
             weight: vec![0.0; g.o * g.kg],
@@ -383,12 +383,12 @@ pub fn backward<A: ActivationFn>(op: &Operands, grad_out: &[f32], need_noise: bo
 // for every sample. Its cost is that of a grouped 1x1 convolution with C inputs, not C x M.
 
 /// Whether the linear path applies to this geometry.
-pub fn linear_applies(g: &Geometry) -> bool {
+pub fn linear_applies(g: &PerturbSizes) -> bool {
     g.whole_channels()
 }
 
 /// Channels per group on the linear path.
-fn channels_per_group(g: &Geometry) -> usize {
+fn channels_per_group(g: &PerturbSizes) -> usize {
     g.kg / g.m
 }
 

@@ -81,7 +81,7 @@ fn derivative(v: f32, #[comptime] act: FusedAct) -> f32 {
     }
 }
 
-/// Sizes of one call (see `cpu::Geometry`), passed to every kernel.
+/// Sizes of one call (see `cpu::PerturbSizes`), passed to every kernel.
 #[derive(CubeLaunch, CubeType, Clone, Copy)]
 struct Sizes {
     channels: usize,

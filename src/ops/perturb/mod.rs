@@ -28,7 +28,7 @@ use burn::tensor::Tensor;
 
 use super::activation::{FusedAct, act};
 use super::cpu::flex_tensor::{contiguous, dims, tensor, values};
-use cpu::{Geometry, Operands};
+use cpu::{Operands, PerturbSizes};
 
 pub mod cpu;
 #[cfg(feature = "gpu")]
@@ -76,7 +76,7 @@ macro_rules! with_activation {
 
 /// Whether the linear path runs: no activation and whole channels per group, unless
 /// `PNN_FUSED_GENERAL=1` asks for the general kernel (to check one against the other).
-fn use_linear_path(act: FusedAct, g: &Geometry) -> bool {
+fn use_linear_path(act: FusedAct, g: &PerturbSizes) -> bool {
     static GENERAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let general = *GENERAL.get_or_init(|| std::env::var("PNN_FUSED_GENERAL").is_ok_and(|v| v == "1"));
     act == FusedAct::Identity && !general && kernels::linear_applies(g)
@@ -129,7 +129,7 @@ pub trait FusedKernels: burn::backend::Backend {
 
 /// The CPU loops' view of contiguous operands.
 fn operands<'a>(
-    g: &'a Geometry,
+    g: &'a PerturbSizes,
     x: &'a FlexTensor,
     noise: &'a FlexTensor,
     weight: &'a FlexTensor,
@@ -153,7 +153,7 @@ impl FusedKernels for Flex {
         level: f32,
         act: FusedAct,
     ) -> FlexTensor {
-        let g = Geometry::of(&dims(&x), &dims(&noise), &dims(&weight));
+        let g = PerturbSizes::of(&dims(&x), &dims(&noise), &dims(&weight));
         let [x, noise, weight, bias] = [x, noise, weight, bias].map(|t| contiguous(&t));
         let op = operands(&g, &x, &noise, &weight, level);
         let out = if use_linear_path(act, &g) {
@@ -174,7 +174,7 @@ impl FusedKernels for Flex {
         need_noise: bool,
     ) -> FusedGrads<Self> {
         let (x_dims, noise_dims, weight_dims) = (dims(&x), dims(&noise), dims(&weight));
-        let g = Geometry::of(&x_dims, &noise_dims, &weight_dims);
+        let g = PerturbSizes::of(&x_dims, &noise_dims, &weight_dims);
         let [x, noise, weight, grad] = [x, noise, weight, grad].map(|t| contiguous(&t));
         let op = operands(&g, &x, &noise, &weight, level);
         let d = if use_linear_path(act, &g) {
