@@ -20,6 +20,8 @@
 set -euo pipefail
 
 llvm_version=23.1.1.post0
+# libdevice comes with the CUDA 12 compiler wheel.
+nvcc_version=12.9.86
 # The folder name tracel-llvm-bundler 23.1.0-4 (burn 0.22.1's) looks for.
 bundle_name=tracel-llvm-23.1.0-4
 data_home=${XDG_DATA_HOME:-$HOME/.local/share}
@@ -28,6 +30,7 @@ mkdir -p "$tools"
 tools=$(cd "$tools" && pwd)
 
 python=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! "$python" -m pip --version > /dev/null 2>&1; then
   echo "setup-cuda-build: needs Python 3 with pip ($python -m pip did not answer); set PYTHON=... to another one" >&2
   exit 2
@@ -62,8 +65,8 @@ cuda_root=$tools/cuda/nvidia/cuda_nvcc
 if [ -f "$cuda_root/nvvm/libdevice/libdevice.10.bc" ]; then
   echo "libdevice: $cuda_root/nvvm/libdevice is there already"
 else
-  echo "libdevice: installing nvidia-cuda-nvcc-cu12 into $tools/cuda"
-  "$python" -m pip install --quiet --no-deps --upgrade --target "$tools/cuda" "nvidia-cuda-nvcc-cu12"
+  echo "libdevice: installing nvidia-cuda-nvcc-cu12 $nvcc_version into $tools/cuda"
+  "$python" -m pip install --quiet --no-deps --upgrade --target "$tools/cuda" "nvidia-cuda-nvcc-cu12==$nvcc_version"
 fi
 if [ ! -f "$cuda_root/nvvm/libdevice/libdevice.10.bc" ]; then
   echo "setup-cuda-build: the wheel nvidia-cuda-nvcc-cu12 has no nvvm/libdevice/libdevice.10.bc under $cuda_root" >&2
@@ -74,6 +77,7 @@ cat <<EOF
 
 Ready. Build with:
   cargo build --release --features cuda
-(18 minutes on 2 cores the first time). pnn finds libdevice in $cuda_root by itself;
-other programs of burn's CUDA backend need: export CUDA_PATH=$cuda_root
+(18 minutes on 2 cores the first time). pnn finds libdevice in $cuda_root by itself
+(where PNN_CUDA_TOOLS chose the folder, keep it set when pnn runs); other programs of burn's
+CUDA backend need: export CUDA_PATH=$cuda_root
 EOF
