@@ -43,7 +43,7 @@ pub struct TrainState {
     pub partial: Option<PartialEpoch>,
     pub history: Vec<EpochRecord>,
     pub reported: ReportedAccuracy,
-    /// Wall time spent on this run so far, over all its sessions.
+    /// Wall time spent on this run so far, over all its invocations.
     #[serde(default)]
     pub wall_seconds: f64,
     /// SHA-256 (hex) of the checkpoint's tensor files, by file name; filled in by [`save`].

@@ -45,7 +45,7 @@ pub struct RunSummaryFile {
     /// All `config.nepochs` epochs are done.
     pub finished: bool,
     /// Wall time of the whole run so far (data loading, training, testing, checkpoints),
-    /// summed over resumed sessions.
+    /// summed over resumed invocations.
     pub wall_seconds: f64,
     /// Best correct test accuracy (percent) and its epoch.
     pub best_test_acc: Option<f64>,
