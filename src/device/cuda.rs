@@ -75,10 +75,10 @@ pub unsafe fn use_installed_libdevice() {
     if !cfg!(feature = "cuda") || std::env::var_os("CUDA_PATH").is_some() {
         return;
     }
-    if TOOLKIT_ROOTS.iter().any(|root| libdevice_in(Path::new(root)).is_file()) {
-        return;
-    }
-    if let Some(root) = installed_root().filter(|root| libdevice_in(root).is_file()) {
+    // The lookup a run makes; only where it ends at the installed copy does CUDA_PATH need it.
+    if let (Some(found), Some(root)) = (find_libdevice(), installed_root())
+        && found == libdevice_in(&root)
+    {
         // SAFETY: the caller guarantees no other thread reads or writes the environment.
         unsafe { std::env::set_var("CUDA_PATH", root) };
     }

@@ -36,7 +36,7 @@ pub struct RunOptions {
     /// Raised by Ctrl-C / SIGTERM (see [`super::interrupt::install_handler`]): the run stops
     /// after the current step, writes a checkpoint of that point and returns [`Interrupted`].
     pub stop: StopFlag,
-    /// Stop the same way after this many training steps of this session (tests use it to
+    /// Stop the same way after this many training steps of this invocation (tests use it to
     /// interrupt at an exact point).
     pub stop_after_steps: Option<usize>,
     /// Bytes the run may use at its peak; `None`: what the machine has available.
@@ -130,23 +130,24 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         save = save.or_else(|| dir.parent().map(PathBuf::from));
     }
     check_memory(config, geometry, &device, &opts, data.train.len())?;
-    let session = Session::open(config, &opts, save, &model, state.wall_seconds, started)?;
-    session.announce(&data, load_seconds);
+    let invocation = Invocation::open(config, &opts, save, &model, state.wall_seconds, started)?;
+    invocation.announce(&data, load_seconds);
 
     // Augmented where the data set is (CIFAR).
     let loaders = data.into_loaders(config.batch_size, config.manual_seed);
     let loss_fn = CrossEntropyLoss::new(None, &device);
     let mut step_devices = StepDevices::new(config, geometry, &device, &opts.backend.replicas)?;
-    let mut session_steps = 0usize;
+    let mut invocation_steps = 0usize;
     for epoch in state.epochs_done + 1..=config.nepochs {
         let mut steps = StepBudget {
             stop: &opts.stop,
-            left: opts.stop_after_steps.map(|n| n.saturating_sub(session_steps)),
+            left: opts.stop_after_steps.map(|n| n.saturating_sub(invocation_steps)),
             taken: 0,
         };
         let lr = schedule::learning_rate(config.learning_rate, config.dataset_train, epoch);
         let epoch_start = Instant::now();
-        let resumed_part = state.partial.take();
+        let progress = EpochProgress::resumed(state.partial.take());
+        let seconds_before = progress.seconds;
         let (trained, outcome) = train_epoch(
             config,
             model,
@@ -156,17 +157,16 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             &mut step_devices,
             epoch,
             lr,
-            EpochProgress::resumed(resumed_part),
+            progress,
             &mut steps,
         )?;
         model = trained;
-        session_steps += steps.taken;
-        let seconds_before = resumed_part.map_or(0.0, |p| p.seconds);
+        invocation_steps += steps.taken;
         let train_totals = match outcome {
             EpochOutcome::Finished(totals) => totals,
             EpochOutcome::Stopped(part) => {
                 let seconds = epoch_start.elapsed().as_secs_f64();
-                return Err(session.stop_mid_epoch(epoch, part, seconds, &model, &optimizer, &mut state));
+                return Err(invocation.stop_mid_epoch(epoch, part, seconds, &model, &optimizer, &mut state));
             }
         };
         let train_seconds = seconds_before + epoch_start.elapsed().as_secs_f64();
@@ -182,18 +182,18 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             epoch_seconds: seconds_before + epoch_start.elapsed().as_secs_f64(),
             train_images_per_sec: train_totals.total as f64 / train_seconds,
         };
-        session.end_epoch(record, &model, &optimizer, &mut state)?;
+        invocation.end_epoch(record, &model, &optimizer, &mut state)?;
         // A signal during the test pass stops here, with this epoch's checkpoint written.
         if opts.stop.is_requested() && epoch < config.nepochs {
             return Err(Interrupted {
-                checkpoint: session.run.checkpoint_last(),
+                checkpoint: invocation.run.checkpoint_last(),
                 epoch: epoch + 1,
                 steps_done: 0,
             }
             .into());
         }
     }
-    session.finish(state)
+    invocation.finish(state)
 }
 
 /// Loads a checkpoint folder into `model`, `optimizer` and `state`, after checking that it was
@@ -241,20 +241,21 @@ fn resume(
     Ok(loaded)
 }
 
-/// What the steps of one training session share: the run folder it writes, and its clock.
-struct Session<'a> {
+/// What the steps of one invocation of a run share (a `pnn train` process: the first, or one
+/// that resumes the run): the run folder it writes, and its clock.
+struct Invocation<'a> {
     config: &'a Config,
     opts: &'a RunOptions,
     provenance: Provenance,
     run: RunDir,
     params: ParamCount,
     started: Instant,
-    /// Wall time of the run's earlier sessions (when resumed).
+    /// Wall time of the run's earlier invocations (when resumed).
     wall_before: f64,
 }
 
-impl<'a> Session<'a> {
-    /// Creates (or reopens) the run folder and records how this session was started.
+impl<'a> Invocation<'a> {
+    /// Creates (or reopens) the run folder and records how this invocation was started.
     fn open(
         config: &'a Config,
         opts: &'a RunOptions,
@@ -282,7 +283,7 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// The run's wall time over all its sessions, this one until now.
+    /// The run's wall time over all its invocations, this one until now.
     fn wall_seconds(&self) -> f64 {
         self.wall_before + self.started.elapsed().as_secs_f64()
     }
@@ -309,7 +310,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Saves a run stopped `part` of the way into `epoch` (`seconds` of it in this session) to
+    /// Saves a run stopped `part` of the way into `epoch` (`seconds` of it in this invocation) to
     /// its checkpoint-last, and returns the error that says where to resume from.
     fn stop_mid_epoch(
         &self,
@@ -449,12 +450,12 @@ fn check_memory(
 struct EpochProgress {
     batches_done: usize,
     totals: EpochTotals,
-    /// Training seconds already spent on the epoch (in earlier sessions).
+    /// Training seconds already spent on the epoch (in earlier invocations).
     seconds: f64,
 }
 
 impl EpochProgress {
-    /// Where an epoch starts: at its beginning, or where a stopped session left it.
+    /// Where an epoch starts: at its beginning, or where a stopped invocation left it.
     fn resumed(part: Option<PartialEpoch>) -> Self {
         Self {
             batches_done: part.map_or(0, |p| p.batches_done),
@@ -466,11 +467,11 @@ impl EpochProgress {
 
 enum EpochOutcome {
     Finished(EpochTotals),
-    /// Stopped on request after `batches_done` batches (`seconds` not yet including this session).
+    /// Stopped on request after `batches_done` batches (`seconds` not yet including this invocation).
     Stopped(EpochProgress),
 }
 
-/// The stop flag and the optional step limit of this session.
+/// The stop flag and the optional step limit of this invocation.
 struct StepBudget<'a> {
     stop: &'a StopFlag,
     left: Option<usize>,
@@ -505,8 +506,8 @@ fn train_epoch(
     let mut totals = from.totals;
     let progress = progress_bar(loader.num_batches(), &format!("epoch {epoch}"));
     progress.set_position(from.batches_done as u64);
-    let session_start = Instant::now();
-    let mut session_images = 0usize;
+    let invocation_start = Instant::now();
+    let mut invocation_images = 0usize;
     for (step, batch) in (from.batches_done..).zip(loader.epoch_from(epoch, from.batches_done)) {
         if budget.should_stop() {
             progress.finish_and_clear();
@@ -553,15 +554,15 @@ fn train_epoch(
         model = optimizer.step(lr, model, result.grads);
         totals.add_batch(loss_value, result.correct, batch.len());
         budget.taken += 1;
-        if session_images == 0 && devices.on_gpu() {
+        if invocation_images == 0 && devices.on_gpu() {
             report_slow_first_step(&progress, step_start.elapsed().as_secs_f64());
         }
-        session_images += batch.len();
+        invocation_images += batch.len();
         progress.inc(1);
         progress.set_message(format!(
             "loss {:.4}, {:.0} img/s",
             totals.loss(),
-            session_images as f64 / session_start.elapsed().as_secs_f64()
+            invocation_images as f64 / invocation_start.elapsed().as_secs_f64()
         ));
     }
     progress.finish_and_clear();
