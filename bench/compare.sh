@@ -10,7 +10,8 @@
 # images/s: on a shared machine one pair can land in a slow spell that the next one misses.
 #
 # The commands are the reproduction's experiment table (1-8, as `pnn reproduce --list` prints
-# them, without their --batch-size) and cifarnet and lenet (9, 10). PyTorch is installed into a
+# them, without their --batch-size), cifarnet and lenet (9, 10), and the paper authors' updated
+# commands (11, 12: `pnn reproduce --table update --list`). PyTorch is installed into a
 # virtual environment on first use: $PNN_TORCH_VENV, default bench/.venv (PyPI's torch wheel; it
 # runs on the CPU). A PyTorch run that would not fit in memory stops at 85% of RAM and is shown
 # as "out of memory". Build pnn first (cargo build --release), or the script builds it.

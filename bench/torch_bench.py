@@ -98,6 +98,41 @@ class PerturbLayer(nn.Module):
         return self.act(self.mix["bn"](self.mix["conv"](y)))
 
 
+class PerturbFirst(nn.Module):
+    """--code update: the paper authors' updated first layer (juefeix/pnn.pytorch.update), as
+    pnn's src/layer/perturb_first.rs builds it. filter_size 0: x + 20 * level * masks (5 x nfilters
+    per input channel) -> BN -> sigmoid -> 1x1 conv grouped by input channel to 3 x nfilters -> BN
+    -> sigmoid; filter_size > 0: a convolution to 3 x nfilters -> BN -> sigmoid. Then 1x1 conv
+    (no bias) to nfilters -> BN -> ReLU."""
+
+    def __init__(self, a, c_in, size):
+        super().__init__()
+        nf, wide = a.nfilters, 3 * a.nfilters
+        self.pool = nn.MaxPool2d(3, 2, 1) if a.first_filter_size == 7 else nn.Identity()
+        self.reduce = nn.Sequential(nn.Conv2d(wide, nf, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU())
+        if a.first_filter_size > 0:
+            self.layer = PerturbLayer(c_in, wide, a.first_filter_size, 1, 0.0, False, "sigmoid", a.unique_masks,
+                                      a.train_masks, a.mix_maps, size, a.noise_type)
+            return
+        nmasks = 5 * nf
+        self.level = 20 * a.level * a.scale_noise
+        shape = (1, c_in if a.unique_masks else 1, nmasks, size, size)
+        noise = torch.rand(shape) * 2 - 1 if a.noise_type == "uniform" else torch.randn(shape)
+        if a.train_masks:
+            self.noise = nn.Parameter(noise)
+        else:
+            self.register_buffer("noise", noise)
+        self.layer = nn.Sequential(nn.BatchNorm2d(c_in * nmasks), nn.Sigmoid(),
+                                   nn.Conv2d(c_in * nmasks, wide, 1, groups=c_in), nn.BatchNorm2d(wide), nn.Sigmoid())
+
+    def forward(self, x):
+        if isinstance(self.layer, PerturbLayer):
+            return self.reduce(self.pool(self.layer(x)))
+        n, c, h, w = x.shape
+        y = (x.unsqueeze(2) + self.level * self.noise).reshape(n, -1, h, w)
+        return self.reduce(self.pool(self.layer(y)))
+
+
 def first_layer(a, c_in, size):
     return PerturbLayer(c_in, a.nfilters, a.first_filter_size, a.nmasks, a.level * a.scale_noise, a.use_act,
                         a.act, a.unique_masks, a.train_masks, a.mix_maps, size, a.noise_type)
@@ -241,6 +276,9 @@ class NoiseResNet18(nn.Module):
             size = pool_output_size(layer_output_size(size, 7), 3, 2, 1)
         else:
             self.stem = nn.Sequential(conv_bn(channels, nf, 3, 1, 1), nn.ReLU())
+        if a.code == "update":
+            # The update freezes the stem's convolution at its random initial weights.
+            self.stem[0][0].weight.requires_grad = False
         blocks, c_in = [], nf
         for mult, stage_stride in STAGES:
             for b in range(2):
@@ -272,10 +310,12 @@ class PerturbResNet18(nn.Module):
     def __init__(self, a, channels, size, classes):
         super().__init__()
         nf = a.nfilters
-        self.first = first_layer(a, channels, size)
+        self.first = PerturbFirst(a, channels, size) if a.code == "update" else first_layer(a, channels, size)
         size = layer_output_size(size, a.first_filter_size)
         self.first_pool = nn.Identity()
-        if a.first_filter_size == 7:
+        if a.first_filter_size == 7 and a.code == "update":
+            size = pool_output_size(size, 3, 2, 1)
+        elif a.first_filter_size == 7:
             self.first_pool = nn.MaxPool2d(3, 2, 1)
             size = pool_output_size(size, 3, 2, 1)
         blocks, c_in = [], nf
@@ -300,6 +340,7 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     flag = p.add_argument
     flag("--net-type", "--net_type", dest="net_type", default="resnet18", choices=sorted(MODELS))
+    flag("--code", default="reproduction", choices=["reproduction", "update"])
     flag("--nfilters", type=int, default=64)
     flag("--first_filter_size", "--first-filter-size", type=int, default=0)
     flag("--filter_size", "--filter-size", type=int, default=0)
@@ -365,14 +406,15 @@ def run(a):
     noise_values = sum(b.numel() for n, b in model.named_buffers() if n.endswith("noise"))
     noise_values += sum(p.numel() for n, p in model.named_parameters() if n.endswith("noise"))
     regular = sum(p.numel() for n, p in model.named_parameters() if not n.endswith("noise"))
+    trained = [p for p in model.parameters() if p.requires_grad]
     # Printed before training, so that a run that runs out of memory still names its model's size.
     print(f"  parameters:    {regular} regular, {noise_values} noise mask values", flush=True)
     if a.optim == "SGD":
         nesterov = a.momentum != 0
-        opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=a.momentum, dampening=0,
+        opt = torch.optim.SGD(trained, lr=a.lr, momentum=a.momentum, dampening=0,
                               nesterov=nesterov, weight_decay=a.weight_decay)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+        opt = torch.optim.Adam(trained, lr=a.lr, weight_decay=a.weight_decay)
     n = a.batch_size * (a.warmup + a.steps)
     gen = torch.Generator().manual_seed(0)
     images = ((torch.rand(n, channels, size, size, generator=gen) - 0.5) / 0.5).to(device)

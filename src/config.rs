@@ -25,6 +25,17 @@ pub enum NetType {
     PerturbResnet18,
 }
 
+/// Whose code the models and the learning-rate schedule follow: the reproduction's
+/// (michaelklachko/pnn.pytorch) or the paper authors' answer to it (juefeix/pnn.pytorch.update).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
+pub enum Code {
+    #[default]
+    Reproduction,
+    Update,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 #[value(rename_all = "lowercase")]
@@ -195,6 +206,11 @@ pub struct Config {
         default_value = "resnet18"
     )]
     pub net_type: NetType,
+    /// Whose code to follow: `reproduction` (michaelklachko/pnn.pytorch) or `update` (the paper
+    /// authors' juefeix/pnn.pytorch.update: its first layer, frozen stem and CIFAR-10 schedule).
+    #[arg(long, value_enum, ignore_case = true, default_value = "reproduction")]
+    #[serde(default)]
+    pub code: Code,
     /// Number of filters (feature maps) in each layer.
     #[arg(long, default_value_t = 64)]
     pub nfilters: usize,
@@ -369,19 +385,30 @@ impl TrainArgs {
     /// Folds each flag's opposite into it (clap's `overrides_with` leaves only the last of a
     /// pair set) and validates the whole configuration.
     pub fn to_config(&self) -> Result<Config> {
-        let mut config = self.config.clone();
+        let config = self.folded();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration with each flag's opposite folded in, not yet validated.
+    pub fn folded(&self) -> Config {
+        self.config.clone().fold_opposites()
+    }
+}
+
+impl Config {
+    /// Folds each flag's opposite into it (`--no-mix_maps` clears `mix_maps`); not validated.
+    pub fn fold_opposites(self) -> Config {
+        let mut config = self;
         config.download &= !std::mem::take(&mut config.no_download);
         config.use_act &= !std::mem::take(&mut config.no_use_act);
         config.unique_masks &= !std::mem::take(&mut config.no_unique_masks);
         config.train_masks &= !std::mem::take(&mut config.no_train_masks);
         config.mix_maps &= !std::mem::take(&mut config.no_mix_maps);
         config.debug &= !std::mem::take(&mut config.no_debug);
-        config.validate()?;
-        Ok(config)
+        config
     }
-}
 
-impl Config {
     /// Refuses, before anything is built, every configuration the models cannot honour. The
     /// reference prints a warning and carries on in several of these cases; we stop instead.
     pub fn validate(&self) -> Result<()> {
@@ -477,6 +504,14 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The default configuration's fields: every flag's name and default value.
+    pub fn default_fields() -> BTreeMap<String, serde_json::Value> {
+        let no_flags: [&str; 0] = [];
+        TrainArgs::parse_flags(no_flags)
+            .map(|a| a.folded().fields())
+            .unwrap_or_default()
     }
 
     /// The configuration as flag name -> value (the names of `config.json`).

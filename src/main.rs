@@ -11,6 +11,7 @@ use pnn::device::Backend;
 use pnn::models::{self, Geometry, ParamCount};
 use pnn::report::reproduce::{self, Budget, ReproduceOptions};
 use pnn::report::{RecordedRun, find_runs, plot, table};
+use pnn::sweep::{self, Execution, Grid, RunStatus, RunsInterrupted, SweepOptions};
 use pnn::train::files::write_atomic;
 
 /// mimalloc, with freed memory kept for reuse: see `pnn::allocator`.
@@ -88,16 +89,48 @@ enum Command {
     /// beside those of a perturbation layer's masks: does it behave like additive noise?
     #[command(name = "noise-stats")]
     NoiseStats(pnn::theory::cli::NoiseStatsArgs),
-    /// Run the reproduction's experiment table (its README's 8 CIFAR-10 commands) with the
-    /// budget given, and write the table with the published figures beside, and figures.
-    /// Started again, it skips finished runs and resumes an unfinished one.
+    /// Run a grid of training flags times seeds, each run in its own folder, and summarise it:
+    /// per configuration the mean, standard deviation and 95% confidence interval of its
+    /// accuracies, the difference between configurations that differ in one flag with its
+    /// interval, and mean curves with confidence bands. Started again, it skips finished runs
+    /// and resumes unfinished ones. Takes every `pnn train` flag as the runs' common settings.
+    Sweep {
+        #[command(flatten)]
+        config: pnn::config::Config,
+        /// A flag to vary and its values, e.g. --grid level=0.05,0.1,0.2 --grid optim-method=SGD,Adam
+        /// (on/off flags take true,false). Repeat for more flags: the sweep runs every combination.
+        #[arg(long = "grid", value_name = "FLAG=V1,V2,...")]
+        grid: Vec<String>,
+        /// Seeds per configuration: --manual-seed, and the ones after it.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Folder for the runs (<out>/<configuration>/seed<k>), the summary and the figure.
+        #[arg(long, default_value = "results/sweep")]
+        out: PathBuf,
+        #[command(flatten)]
+        runs: RunsFlags,
+        /// Print the planned runs as `pnn train` command lines, with what their folders hold,
+        /// and exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Run one side of the debate as an experiment table, with the budget given: the
+    /// reproduction's 8 CIFAR-10 commands (--table reproduction) or the paper authors' updated
+    /// 2 (--table update). Writes the table with the published figures beside, confidence
+    /// intervals, the differences the debate is about, and figures. Started again, it skips
+    /// finished runs and resumes an unfinished one.
     Reproduce {
+        /// reproduction (michaelklachko/pnn.pytorch) or update (juefeix/pnn.pytorch.update)
+        /// [default: reproduction; with --list: both].
+        #[arg(long)]
+        table: Option<String>,
         /// Folder with the CIFAR-10 data (binary release, its .tar.gz, or an image folder).
         #[arg(long, default_value = "./data")]
         dataroot: PathBuf,
-        /// Epochs per run (the published figures are after 150).
-        #[arg(long, default_value_t = 150)]
-        nepochs: usize,
+        /// Epochs per run [default: the published figures' epochs: 150 for the reproduction,
+        /// 450 for the update].
+        #[arg(long)]
+        nepochs: Option<usize>,
         /// Train on a fixed random subset of N images.
         #[arg(long = "train-subset", alias = "train_subset")]
         train_subset: Option<usize>,
@@ -113,17 +146,45 @@ enum Command {
         /// Folder for the runs, the table and the figures.
         #[arg(long, default_value = "results/reproduce")]
         out: PathBuf,
-        /// auto (a GPU if this pnn was built with one and one answers, else the CPU), cpu,
-        /// vulkan[:N], cuda[:N] or wgpu[:N].
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[command(flatten)]
+        runs: RunsFlags,
         /// Never download CIFAR-10.
         #[arg(long = "no-download", alias = "no_download")]
         no_download: bool,
-        /// List the experiments and exit.
+        /// Print the table's commands as `pnn train` command lines, with the published figures,
+        /// and exit.
         #[arg(long)]
         list: bool,
     },
+}
+
+/// How the runs of a sweep or reproduce are carried out.
+#[derive(clap::Args)]
+struct RunsFlags {
+    /// auto (a GPU if this pnn was built with one and one answers, else the CPU), cpu,
+    /// vulkan[:N], cuda[:N] or wgpu[:N].
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Runs at once, each a `pnn train` process with an equal share of the CPU threads (its
+    /// output in a .log beside its folder).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+}
+
+impl RunsFlags {
+    fn execution(&self) -> anyhow::Result<Execution> {
+        if self.jobs == 0 {
+            anyhow::bail!("--jobs must be at least 1");
+        }
+        Ok(Execution {
+            backend: Backend::parse(&self.device)?,
+            device: self.device.clone(),
+            jobs: self.jobs,
+            program: std::env::current_exe().ok(),
+            verbose: true,
+            stop: interrupt::install_handler()?,
+        })
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -254,7 +315,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
+        Command::Sweep {
+            config,
+            grid,
+            seeds,
+            out,
+            runs,
+            list,
+        } => {
+            let base = config.fold_opposites();
+            base.validate()?;
+            let opts = SweepOptions {
+                base,
+                grid: Grid::parse(&grid)?,
+                seeds,
+                out,
+                command: std::env::args().collect(),
+            };
+            if list {
+                for (point, planned) in opts.plan()? {
+                    println!("# {}", point.label());
+                    for run in planned {
+                        println!(
+                            "pnn train {} --save {}  # {}",
+                            run.flags,
+                            run.dir.display(),
+                            describe(&run.status)
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            for path in sweep::run(&opts, &runs.execution()?)? {
+                println!("wrote {}", path.display());
+            }
+        }
         Command::Reproduce {
+            table,
             dataroot,
             nepochs,
             train_subset,
@@ -262,40 +359,57 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seeds,
             only,
             out,
-            device,
+            runs,
             no_download,
             list,
         } => {
             if list {
-                for e in reproduce::EXPERIMENTS {
-                    println!(
-                        "{}. {} (published {:.1}%)\n   pnn train {}",
-                        e.id, e.title, e.published, e.flags
-                    );
+                let tables = match &table {
+                    Some(name) => vec![reproduce::table(name)?],
+                    None => reproduce::TABLES.to_vec(),
+                };
+                for t in tables {
+                    println!("# {} (--table {}): {}", t.title, t.name, t.source);
+                    for e in t.experiments {
+                        println!("# {}. {} (published {}%)", e.id, e.title, e.published);
+                        println!(
+                            "pnn train {} --dataset-train CIFAR10 --dataset-test CIFAR10 --nepochs {}",
+                            e.flags, t.published_epochs
+                        );
+                    }
+                    println!();
                 }
                 return Ok(());
             }
+            let table = reproduce::table(table.as_deref().unwrap_or("reproduction"))?;
             let opts = ReproduceOptions {
+                table,
                 out,
                 dataroot,
                 download: !no_download,
                 budget: Budget {
-                    nepochs,
+                    nepochs: nepochs.unwrap_or(table.published_epochs),
                     train_subset,
                     test_subset,
                     seeds,
                 },
                 only,
-                backend: Backend::parse(&device)?,
-                verbose: true,
-                stop: interrupt::install_handler()?,
             };
-            for path in reproduce::run(&opts)? {
+            for path in reproduce::run(&opts, &runs.execution()?)? {
                 println!("wrote {}", path.display());
             }
         }
     }
     Ok(())
+}
+
+/// What a planned run's folder holds, for `--list`.
+fn describe(status: &RunStatus) -> String {
+    match status {
+        RunStatus::Finished => "finished".into(),
+        RunStatus::Resume(from) => format!("resumes from {}", from.display()),
+        RunStatus::Fresh => "to run".into(),
+    }
 }
 
 /// Every run under the given folders, read back.
@@ -320,11 +434,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(stopped) = e.downcast_ref::<RunsInterrupted>() {
+                eprintln!("{stopped}");
+                eprintln!("To go on, run the same command again: it resumes unfinished runs.");
+                return ExitCode::from(EXIT_INTERRUPTED);
+            }
             if let Some(stopped) = e.downcast_ref::<Interrupted>() {
                 eprintln!("{stopped}");
                 let args: Vec<String> = std::env::args().collect();
-                if args.get(1).is_some_and(|a| a == "reproduce") {
-                    eprintln!("To go on, run the same `pnn reproduce` command again: it resumes unfinished runs.");
+                if let Some(command) = args.get(1).filter(|a| ["reproduce", "sweep"].contains(&a.as_str())) {
+                    eprintln!("To go on, run the same `pnn {command}` command again: it resumes unfinished runs.");
                 } else {
                     eprintln!("To go on:\n  {}", interrupt::resume_command(&args, &stopped.checkpoint));
                 }

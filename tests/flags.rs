@@ -45,9 +45,10 @@ fn every_structural_flag_combination_is_refused_clearly_or_trains_a_step() {
                         for (dataset, geometry) in geometries() {
                             // The remaining switches vary at random (seeded), not exhaustively.
                             let act = ACTS[rng.random_range(0..ACTS.len())];
+                            let code = ["reproduction", "update"][rng.random_range(0..2)];
                             let mut flags = format!(
                                 "--net-type {net} --first_filter_size {first} --filter_size {filter} --nmasks {nmasks} \
-                                 --nfilters 6 --dataset-train {dataset} --dataset-test {dataset} --act {act}"
+                                 --nfilters 6 --dataset-train {dataset} --dataset-test {dataset} --act {act} --code {code}"
                             );
                             for (switch, off) in [
                                 ("--mix_maps", "--no-mix_maps"),

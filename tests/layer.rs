@@ -620,3 +620,109 @@ fn matrix_products_into_fresh_memory_ignore_what_was_there() {
         }
     }
 }
+
+/// The update's first layer's fused operation (`ops::perturb_norm`) gives what its composition
+/// in burn's operations gives: output and the gradients of every operand, over more masks than
+/// one block of the kernel holds.
+#[test]
+fn cpu_perturb_norm_matches_its_reference() {
+    use pnn::ops::perturb_norm;
+    let device = Device::flex().autodiff();
+    device.seed(23);
+    let (n, c, m, og, side) = (3, 2, 150, 3, 4);
+    let x: Tensor<4> = Tensor::random([n, c, side, side], Distribution::Normal(0.0, 1.0), &device);
+    let scale: Tensor<2> = Tensor::random([c, m], Distribution::Uniform(0.5, 1.5), &device);
+    let shift: Tensor<4> = Tensor::random([c, m, side, side], Distribution::Normal(0.0, 1.0), &device);
+    let weight: Tensor<4> = Tensor::random([c * og, m, 1, 1], Distribution::Normal(0.0, 0.1), &device);
+    let bias: Tensor<1> = Tensor::random([c * og], Distribution::Normal(0.0, 1.0), &device);
+    let r: Tensor<4> = Tensor::random([n, c * og, side, side], Distribution::Normal(0.0, 1.0), &device);
+    let run = |fused: bool| {
+        let [x, scale, shift, weight, bias] = [
+            &x,
+            &scale.clone().reshape([c, m, 1, 1]),
+            &shift,
+            &weight,
+            &bias.clone().reshape([c * og, 1, 1, 1]),
+        ]
+        .map(|t| t.clone().require_grad());
+        let (s2, b1) = (scale.clone().reshape([c, m]), bias.clone().reshape([c * og]));
+        let y = if fused {
+            perturb_norm::combine(x.clone(), s2, shift.clone(), weight.clone(), b1)
+        } else {
+            perturb_norm::reference(x.clone(), s2, shift.clone(), weight.clone(), b1)
+        };
+        let grads = (y.clone() * r.clone()).sum().backward();
+        let mut parts = vec![to_vec(y)];
+        parts.extend([x, scale, shift, weight, bias].map(|t| to_vec(t.grad(&grads).unwrap())));
+        parts
+    };
+    assert_parts_close(&run(true), &run(false), "perturb_norm");
+}
+
+/// The update's first layer, fused and as the update writes it (BatchNorm over the formed
+/// perturbed maps): the same output, gradients and running statistics in training, the same
+/// output in evaluation; with unique and with shared masks.
+#[test]
+fn the_updates_first_layer_is_the_same_function_fused_and_unfused() {
+    use pnn::layer::perturb_first::{PerturbFirst, PerturbFirstLayer};
+    for unique in [true, false] {
+        let device = Device::flex().autodiff();
+        let spec = PerturbSpec {
+            in_channels: 3,
+            out_channels: 4,
+            filter_size: 0,
+            level: 0.1,
+            unique_masks: unique,
+            input_size: 5,
+            ..spec(1, unique, false, Act::Relu)
+        };
+        let build = || {
+            device.seed(5);
+            let block = PerturbFirst::new(&spec, &device);
+            match block.layer {
+                PerturbFirstLayer::Noise(layer) => layer,
+                PerturbFirstLayer::Conv(_) => panic!("filter size 0 builds the noise path"),
+            }
+        };
+        let (fused, unfused) = (build(), build());
+        let x: Tensor<4> = Tensor::random([6, 3, 5, 5], Distribution::Normal(0.2, 1.0), &device);
+        let r: Tensor<4> = Tensor::random([6, 12, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+        let run = |layer: &pnn::layer::perturb_first::PerturbFirstNoise, fused: bool| {
+            let x = x.clone().require_grad();
+            let y = if fused {
+                layer.combine_fused(x.clone())
+            } else {
+                layer.combine_unfused(x.clone())
+            };
+            let grads = (y.clone() * r.clone()).sum().backward();
+            let bn = &layer.bn_perturbed;
+            vec![
+                to_vec(y),
+                to_vec(x.grad(&grads).unwrap()),
+                to_vec(layer.conv.weight.grad(&grads).unwrap()),
+                to_vec(layer.conv.bias.as_ref().unwrap().grad(&grads).unwrap()),
+                to_vec(bn.weight.grad(&grads).unwrap()),
+                to_vec(bn.bias.grad(&grads).unwrap()),
+                to_vec(bn.running_mean.value()),
+                to_vec(bn.running_var.value()),
+            ]
+        };
+        let what = format!("unique masks {unique}");
+        assert_parts_close(&run(&fused, true), &run(&unfused, false), &what);
+        // Evaluation: the running statistics, no autodiff.
+        let (fused, unfused) = (fused.valid(), unfused.valid());
+        let x = x.clone().inner();
+        let eval = |layer: &pnn::layer::perturb_first::PerturbFirstNoise, f: bool| {
+            to_vec(if f {
+                layer.combine_fused(x.clone())
+            } else {
+                layer.combine_unfused(x.clone())
+            })
+        };
+        assert_parts_close(
+            &[eval(&fused, true)],
+            &[eval(&unfused, false)],
+            &format!("{what}, evaluation"),
+        );
+    }
+}

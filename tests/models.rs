@@ -81,6 +81,33 @@ fn experiment_table_parameter_counts_match_the_reference() {
     }
 }
 
+/// The paper authors' update (`--code update`), counted by PyTorch on its own models.py (built
+/// with its main.py's flags and defaults): all parameters, the frozen ones among them, and the
+/// noise masks. Beside them the same commands with the reproduction's code.
+#[test]
+fn the_updates_models_have_the_updates_parameter_counts() {
+    let _rng = common::rng_lock();
+    let counted = |flags: &str| {
+        let model = models::build(&cifar(flags), &Device::flex()).expect("model builds");
+        let c = ParamCount::of(&model);
+        (c.regular, c.frozen, c.noise)
+    };
+    let original = "--net-type noiseresnet18 --nfilters 128 --first_filter_size 3 --level 0.1";
+    // PyTorch: 5,624,714 parameters, 5,621,258 trainable (the 3x3x3x128 stem frozen).
+    assert_eq!(counted(&format!("--code update {original}")), (5_624_714, 3_456, 0));
+    assert_eq!(counted(original), (5_624_714, 0, 0));
+    let all_layers =
+        "--net-type perturb_resnet18 --nfilters 256 --first_filter_size 0 --filter_size 0 --nmasks 1 --level 0.1";
+    // PyTorch: 29,673,738 parameters of which 6,127,616 are the 17 layers' masks (3 x 1,280 x
+    // 32 x 32 of them in the first layer); 23,546,122 trainable.
+    assert_eq!(
+        counted(&format!("--code update {all_layers}")),
+        (23_546_122, 0, 6_127_616)
+    );
+    // The reproduction's: 24,556,042 parameters, 2,198,528 of them masks.
+    assert_eq!(counted(all_layers), (22_357_514, 0, 2_198_528));
+}
+
 fn batch(device: &Device, n: usize) -> (Tensor<4>, Tensor<1, Int>) {
     let images = Tensor::<4>::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), device);
     let labels = Tensor::from_data(
@@ -102,8 +129,10 @@ fn batch_loss(model: &Net, images: &Tensor<4>, labels: &Tensor<1, Int>) -> f32 {
 }
 
 /// Small versions of each family (few filters, so the test is quick).
-const FAMILIES: [&str; 6] = [
+const FAMILIES: [&str; 8] = [
     "--net-type resnet18 --nfilters 4",
+    "--code update --net-type noiseresnet18 --nfilters 4 --first_filter_size 3",
+    "--code update --net-type perturb_resnet18 --nfilters 4 --first_filter_size 0 --filter_size 0 --nmasks 1 --level 0.1",
     "--net-type noiseresnet18 --nfilters 4 --first_filter_size 7",
     "--net-type noiseresnet18 --nfilters 4 --first_filter_size 3",
     "--net-type perturb_resnet18 --nfilters 6 --first_filter_size 0 --filter_size 0 --nmasks 2 --mix_maps",
@@ -133,6 +162,37 @@ fn every_family_trains_a_step_on_a_fixed_batch() {
         let after = batch_loss(&model, &images, &labels);
         assert!(after < before, "{flags}: loss {before} -> {after}");
     }
+}
+
+/// The update's noiseresnet18 trains everything but its stem's convolution, which keeps its
+/// random initial weights (weight decay included); the stem's BatchNorm trains.
+#[test]
+fn the_updates_frozen_stem_stays_at_its_initial_weights() {
+    let _rng = common::rng_lock();
+    let device = Device::flex().autodiff();
+    device.seed(8);
+    let cfg = cifar("--code update --net-type noiseresnet18 --nfilters 4 --first_filter_size 3 --weight-decay 0.1");
+    let model = models::build(&cfg, &device).unwrap();
+    let stem = |m: &Net| match m {
+        Net::Noiseresnet18(m) => (
+            m.stem.conv.weight.val().into_data().try_to_vec::<f32>().unwrap(),
+            m.stem.bn.weight.val().into_data().try_to_vec::<f32>().unwrap(),
+        ),
+        _ => unreachable!("a noiseresnet18"),
+    };
+    let (conv_before, bn_before) = stem(&model);
+    let mut optimizer = optim::build(&cfg);
+    let (images, labels) = batch(&device, 8);
+    let loss_fn = burn::nn::loss::CrossEntropyLoss::new(None, &device);
+    let mut model = model;
+    for _ in 0..2 {
+        let loss = loss_fn.forward(model.forward(images.clone()), labels.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(0.05, model, grads);
+    }
+    let (conv_after, bn_after) = stem(&model);
+    assert_eq!(conv_after, conv_before, "the frozen convolution moved");
+    assert_ne!(bn_after, bn_before, "the stem's BatchNorm did not train");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use pnn::provenance::Provenance;
 use pnn::report::reproduce::{self, Budget, EXPERIMENTS, ReproduceOptions, RunStatus};
 use pnn::report::stats::Stat;
 use pnn::report::{RecordedRun, find_runs, plot, table};
+use pnn::sweep::Execution;
 use pnn::train::RunSummary;
 use pnn::train::metrics::{EpochRecord, ReportedAccuracy};
 use pnn::train::run_dir::{RunDir, RunSummaryFile};
@@ -45,6 +46,7 @@ fn recorded_run(dir: &Path, config: &Config, history: Vec<EpochRecord>) -> Recor
     let params = ParamCount {
         regular: 1234,
         noise: 56,
+        frozen: 0,
     };
     let summary = RunSummary {
         run_dir: dir.to_path_buf(),
@@ -273,7 +275,14 @@ fn seeds_are_summarised_by_mean_and_sample_standard_deviation() {
         test_subset: None,
         seeds: 2,
     };
-    let md = reproduce::table_markdown(&budget, std::slice::from_ref(row), &["pnn test".into()], 84.0);
+    let md = reproduce::table_markdown(
+        &reproduce::REPRODUCTION,
+        &budget,
+        std::slice::from_ref(row),
+        &[],
+        &["pnn test".into()],
+        84.0,
+    );
     assert!(
         md.contains("| 5 | PNN, noise in all layers (first included), 1 mask | 1,234 | 56 | 72.6 | 29.00 ± 1.41 |"),
         "{md}"
@@ -289,6 +298,7 @@ fn reproduce_options(
     only: &[usize],
 ) -> ReproduceOptions {
     ReproduceOptions {
+        table: &reproduce::REPRODUCTION,
         out: out.to_path_buf(),
         dataroot: dataroot.to_path_buf(),
         download: false,
@@ -299,7 +309,16 @@ fn reproduce_options(
             seeds: 1,
         },
         only: only.to_vec(),
+    }
+}
+
+/// One run at a time, in this process, quiet.
+fn in_turn() -> Execution {
+    Execution {
         backend: Backend::cpu(),
+        device: "cpu".into(),
+        jobs: 1,
+        program: None,
         verbose: false,
         stop: Default::default(),
     }
@@ -332,7 +351,7 @@ fn reproduce_skips_finished_runs_and_resumes_an_unfinished_one() {
     let out = out.path();
 
     // A first pass of one epoch: both runs start fresh.
-    let written = reproduce::run(&reproduce_options(out, data.path(), 1, Some(24), &[1, 4])).unwrap();
+    let written = reproduce::run(&reproduce_options(out, data.path(), 1, Some(24), &[1, 4]), &in_turn()).unwrap();
     assert!(written.iter().any(|p| p.ends_with("table.md")));
     let exp1 = EXPERIMENTS[0].run_dir(out, 1);
     let exp4 = EXPERIMENTS[3].run_dir(out, 1);
@@ -340,7 +359,7 @@ fn reproduce_skips_finished_runs_and_resumes_an_unfinished_one() {
 
     // The table is then extended to 2 epochs, but only experiment 1 gets there before an
     // "interruption": experiment 4 is left after epoch 1 of 2.
-    reproduce::run(&reproduce_options(out, data.path(), 2, Some(24), &[1])).unwrap();
+    reproduce::run(&reproduce_options(out, data.path(), 2, Some(24), &[1]), &in_turn()).unwrap();
     let exp1_metrics = read(exp1.join("metrics.jsonl"));
     let exp1_summary = read(exp1.join("summary.json"));
     let two_epochs = reproduce_options(out, data.path(), 2, Some(24), &[1, 4]);
@@ -353,7 +372,7 @@ fn reproduce_skips_finished_runs_and_resumes_an_unfinished_one() {
     );
 
     // Started again: experiment 1 is skipped untouched, experiment 4 continues from epoch 1.
-    let written = reproduce::run(&two_epochs).unwrap();
+    let written = reproduce::run(&two_epochs, &in_turn()).unwrap();
     assert_eq!(read(exp1.join("metrics.jsonl")), exp1_metrics);
     assert_eq!(read(exp1.join("summary.json")), exp1_summary);
     let resumed = RecordedRun::load(&exp4).unwrap();
@@ -384,7 +403,7 @@ fn reproduce_skips_finished_runs_and_resumes_an_unfinished_one() {
     assert_eq!(runs_csv.lines().count(), 3, "{runs_csv}");
 
     // The same folder with another budget is refused, not overwritten.
-    let err = reproduce::run(&reproduce_options(out, data.path(), 2, Some(20), &[1])).unwrap_err();
+    let err = reproduce::run(&reproduce_options(out, data.path(), 2, Some(20), &[1]), &in_turn()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
         msg.contains("other settings") && msg.contains("train_subset") && msg.contains("--out"),

@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use clap::Parser;
-use pnn::config::{Config, DatasetName, OptimMethod, TrainArgs};
+use pnn::config::{Code, Config, DatasetName, OptimMethod, TrainArgs};
 use pnn::models::{self, ParamCount};
 use pnn::train::metrics::{EpochTotals, ReportedAccuracy};
 use pnn::train::{optim, schedule};
@@ -58,7 +58,7 @@ fn correct_and_reported_accuracy_on_hand_made_batches() {
 
 #[test]
 fn step_schedules_follow_the_reference() {
-    let lr = |d, e| schedule::learning_rate(1.0, d, e);
+    let lr = |d, e| schedule::learning_rate(1.0, d, Code::Reproduction, e);
     assert_eq!(lr(DatasetName::Mnist, 29), 1.0);
     assert!((lr(DatasetName::Mnist, 30) - 0.2).abs() < 1e-12);
     assert!((lr(DatasetName::Mnist, 95) - 0.008).abs() < 1e-12);
@@ -67,6 +67,13 @@ fn step_schedules_follow_the_reference() {
     assert!((lr(DatasetName::Cifar10, 150) - 0.008).abs() < 1e-12);
     assert!((lr(DatasetName::Cifar100, 80) - 0.1).abs() < 1e-12);
     assert!((lr(DatasetName::Cifar100, 125) - 0.01).abs() < 1e-12);
+    // The paper authors' update: CIFAR-10 decays at 150, 250, 300, 350 and 400 instead.
+    let update = |d, e| schedule::learning_rate(1.0, d, Code::Update, e);
+    assert_eq!(update(DatasetName::Cifar10, 149), 1.0);
+    assert!((update(DatasetName::Cifar10, 150) - 0.2).abs() < 1e-12);
+    assert!((update(DatasetName::Cifar10, 299) - 0.04).abs() < 1e-12);
+    assert!((update(DatasetName::Cifar10, 450) - 0.2f64.powi(5)).abs() < 1e-12);
+    assert!((update(DatasetName::Mnist, 30) - 0.2).abs() < 1e-12);
 }
 
 /// Two steps of each optimiser on f(w) = sum(g * w) (constant gradient g), against PyTorch's
@@ -159,7 +166,8 @@ fn lenet_parameter_count_matches_the_reference() {
         ParamCount::of(&model),
         ParamCount {
             regular: 297_866,
-            noise: 32_144
+            noise: 32_144,
+            frozen: 0,
         }
     );
     // Shared masks: one set per layer instead of one per input channel.

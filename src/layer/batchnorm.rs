@@ -81,6 +81,12 @@ impl BatchNorm {
             };
             (output, result.mean, result.variance)
         };
+        self.update_running(batch_mean, batch_var, n);
+        output
+    }
+
+    /// Moves the running statistics towards a batch's (PyTorch's rule: the unbiased variance).
+    fn update_running(&self, batch_mean: Tensor<1>, batch_var: Tensor<1>, n: usize) {
         let unbias = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };
         let mean = self.running_mean.value_sync();
         let var = self.running_var.value_sync();
@@ -92,6 +98,20 @@ impl BatchNorm {
             .add(batch_var.detach().mul_scalar(BN_MOMENTUM * unbias));
         self.running_mean.update(mean.detach());
         self.running_var.update(var.detach());
-        output
+    }
+
+    /// This BatchNorm as `scale * (v - center) + bias` per channel, for maps whose statistics
+    /// are computed elsewhere: in training the batch's `(mean, biased variance, values per
+    /// channel)`, which also move the running statistics as [`Self::forward`] does; in
+    /// evaluation (`None`) the running statistics. Returns `(scale, center)`.
+    pub fn scale_and_center(&self, batch: Option<(Tensor<1>, Tensor<1>, usize)>) -> (Tensor<1>, Tensor<1>) {
+        let (center, var) = match batch {
+            Some((mean, var, n)) => {
+                self.update_running(mean.clone(), var.clone(), n);
+                (mean, var)
+            }
+            None => (self.running_mean.value(), self.running_var.value()),
+        };
+        (self.weight.val() / var.add_scalar(BN_EPSILON).sqrt(), center)
     }
 }

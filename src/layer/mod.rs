@@ -8,6 +8,7 @@ pub mod classifier;
 pub mod conv;
 pub mod norm_conv;
 pub mod perturb;
+pub mod perturb_first;
 pub mod pool;
 
 pub use activation::Activation;
@@ -15,4 +16,5 @@ pub use batchnorm::BatchNorm;
 pub use classifier::ClassifierHead;
 pub use norm_conv::{ConvBn, global_average_pool, projection_shortcut, residual_relu};
 pub use perturb::{PerturbLayer, PerturbSpec};
+pub use perturb_first::PerturbFirst;
 pub use pool::Pool;

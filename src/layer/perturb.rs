@@ -89,13 +89,7 @@ impl PerturbSpec {
             };
         }
 
-        let noise_channels = if self.unique_masks { c_in } else { 1 };
-        let shape = [1, noise_channels, self.nmasks, self.input_size, self.input_size];
-        let distribution = match self.noise_type {
-            NoiseType::Uniform => Distribution::Uniform(-1.0, 1.0),
-            NoiseType::Normal => Distribution::Normal(0.0, 1.0),
-        };
-        let noise = Param::from_tensor(Tensor::random(shape, distribution, device)).set_require_grad(self.train_masks);
+        let noise = self.draw_masks(device);
         let groups = if self.nmasks > 1 { c_in } else { 1 };
         let conv = ConvSpec::new(c_in * self.nmasks, c_out, 1).groups(groups).init(device);
         let mix = self.mix_maps.then(|| MixMaps {
@@ -112,6 +106,20 @@ impl PerturbSpec {
             use_act: self.use_act,
             debug: self.debug,
         }
+    }
+}
+
+impl PerturbSpec {
+    /// The layer's noise masks, [1, C (or 1 when shared), nmasks, H, W], uniform in [-1, 1] or
+    /// standard normal; trainable only with `--train_masks`.
+    pub fn draw_masks(&self, device: &Device) -> Param<Tensor<5>> {
+        let noise_channels = if self.unique_masks { self.in_channels } else { 1 };
+        let shape = [1, noise_channels, self.nmasks, self.input_size, self.input_size];
+        let distribution = match self.noise_type {
+            NoiseType::Uniform => Distribution::Uniform(-1.0, 1.0),
+            NoiseType::Normal => Distribution::Normal(0.0, 1.0),
+        };
+        Param::from_tensor(Tensor::random(shape, distribution, device)).set_require_grad(self.train_masks)
     }
 }
 

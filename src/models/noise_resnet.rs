@@ -1,6 +1,7 @@
 //! `noiseresnet18`: the original authors' PNN ResNet. A convolution stem, then blocks whose
 //! layers add one fixed noise map to their input (the same for every sample) and combine it
-//! with ReLU -> BatchNorm -> 1x1 convolution.
+//! with ReLU -> BatchNorm -> 1x1 convolution. With `--code update` the stem's convolution is
+//! frozen at its random initial weights, as in the paper authors' updated code.
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
@@ -13,7 +14,7 @@ use anyhow::Result;
 use super::Geometry;
 use super::map_size::MapSize;
 use super::resnet::{BLOCKS_PER_STAGE, STAGES};
-use crate::config::{Config, PoolType};
+use crate::config::{Code, Config, PoolType};
 use crate::layer::conv::{self, ConvSpec, linear};
 use crate::layer::{BatchNorm, ConvBn, Pool, global_average_pool, projection_shortcut, residual_relu};
 use crate::ops;
@@ -128,8 +129,14 @@ impl NoiseResNet18 {
                 maps.stage(stage, stride)?;
             }
         }
+        let mut stem = ConvBn::new(stem_spec, device);
+        if config.code == Code::Update {
+            // The update's "first layer rand conv": the stem's convolution stays at its random
+            // initial weights (no gradient, so no weight decay either); its BatchNorm trains.
+            stem.conv.weight = stem.conv.weight.set_require_grad(false);
+        }
         Ok(Self {
-            stem: ConvBn::new(stem_spec, device),
+            stem,
             stem_pool,
             blocks,
             linear: linear(8 * nf, geometry.num_classes, device),

@@ -1,6 +1,7 @@
 //! `perturb_resnet18`: the reproduction's ResNet-18 built from perturbation layers. Each block is
 //! PerturbLayer -> pool(stride) -> PerturbLayer plus the shortcut; `--filter_size 1` turns it
-//! into the "no noise" 1x1-convolution baseline of the reproduction's table.
+//! into the "no noise" 1x1-convolution baseline of the reproduction's table. With `--code update`
+//! the first layer is the paper authors' updated one (`layer::perturb_first`).
 
 use burn::module::Module;
 use burn::nn::Linear;
@@ -11,9 +12,9 @@ use anyhow::Result;
 
 use super::map_size::MapSize;
 use super::{Geometry, first_layer_spec, inner_layer_spec};
-use crate::config::{Config, PoolType};
+use crate::config::{Code, Config, PoolType};
 use crate::layer::conv::linear;
-use crate::layer::{ConvBn, PerturbLayer, Pool, global_average_pool, projection_shortcut, residual_relu};
+use crate::layer::{ConvBn, PerturbFirst, PerturbLayer, Pool, global_average_pool, projection_shortcut, residual_relu};
 
 #[derive(Module, Debug)]
 pub struct PerturbBasicBlock {
@@ -35,10 +36,20 @@ impl PerturbBasicBlock {
     }
 }
 
+/// The first layer: the reproduction's perturbation layer, or the update's (`--code update`).
+// One per model: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum FirstLayer {
+    Reproduction(PerturbLayer),
+    Update(PerturbFirst),
+}
+
 #[derive(Module, Debug)]
 pub struct PerturbResNet18 {
-    pub first: PerturbLayer,
-    /// MaxPool(3, 2, 1) after a 7x7 first layer.
+    pub first: FirstLayer,
+    /// MaxPool(3, 2, 1) after the reproduction's 7x7 first layer (the update's first block
+    /// pools inside).
     pub first_pool: Option<Pool>,
     pub blocks: Vec<PerturbBasicBlock>,
     pub linear: Linear,
@@ -49,12 +60,19 @@ impl PerturbResNet18 {
     pub fn new(config: &Config, geometry: Geometry, device: &Device) -> Result<Self> {
         let nf = config.nfilters;
         let mut maps = MapSize::new(config, geometry);
-        let first = first_layer_spec(config, geometry.channels, maps.side()).init(device);
+        let spec = first_layer_spec(config, geometry.channels, maps.side());
         maps.layer(config.first_filter_size, "the first layer")?;
-        let first_pool = (config.first_filter_size == 7).then(|| {
+        let pooled = config.first_filter_size == 7;
+        if pooled {
             maps.pool();
-            Pool::new(PoolType::Max, 3, 2, 1)
-        });
+        }
+        let (first, first_pool) = match config.code {
+            Code::Reproduction => (
+                FirstLayer::Reproduction(spec.init(device)),
+                pooled.then(|| Pool::new(PoolType::Max, 3, 2, 1)),
+            ),
+            Code::Update => (FirstLayer::Update(PerturbFirst::new(&spec, device)), None),
+        };
         let mut blocks = Vec::new();
         let mut in_planes = nf;
         for (stage, (mult, stage_stride)) in STAGES.into_iter().enumerate() {
@@ -84,7 +102,10 @@ impl PerturbResNet18 {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.first.forward(x);
+        let mut x = match &self.first {
+            FirstLayer::Reproduction(layer) => layer.forward(x),
+            FirstLayer::Update(block) => block.forward(x),
+        };
         if let Some(pool) = &self.first_pool {
             x = pool.forward(x);
         }

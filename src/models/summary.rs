@@ -10,25 +10,40 @@ pub struct ParamCount {
     pub regular: usize,
     /// Noise mask values (parameters named `noise`, trainable or not).
     pub noise: usize,
+    /// Regular parameters that are never trained (the update's frozen first convolution).
+    #[serde(default)]
+    pub frozen: usize,
 }
 
 impl ParamCount {
     pub fn of<M: Module>(model: &M) -> Self {
         let mut counter = Counter::default();
-        model.visit(&mut counter);
+        // A model on a device without autodiff keeps which parameters it would train, but tells
+        // only once in training mode (burn applies the setting there).
+        model.clone().train().visit(&mut counter);
         counter.count
     }
 
     /// The reference's line: `Model size: 0.30M regular parameters, 0.03M noise mask values`,
     /// with the exact counts beside.
     pub fn model_size_line(&self) -> String {
+        let frozen = if self.frozen > 0 {
+            format!(", {} of the regular parameters frozen", self.frozen)
+        } else {
+            String::new()
+        };
         format!(
-            "Model size: {:.2}M regular parameters, {:.2}M noise mask values ({} regular parameters, {} noise mask values)",
+            "Model size: {:.2}M regular parameters, {:.2}M noise mask values ({} regular parameters, {} noise mask values{frozen})",
             self.regular as f64 / 1e6,
             self.noise as f64 / 1e6,
             self.regular,
             self.noise
         )
+    }
+
+    /// Regular parameters the optimiser updates.
+    pub fn trainable(&self) -> usize {
+        self.regular - self.frozen
     }
 }
 
@@ -52,7 +67,12 @@ impl ModuleVisitor for Counter {
             // noise of the original authors' NoiseLayer.
             Some("running_mean" | "running_var" | "noise_buffer") => {}
             Some("noise") => self.count.noise += n,
-            _ => self.count.regular += n,
+            _ => {
+                self.count.regular += n;
+                if !param.is_require_grad() {
+                    self.count.frozen += n;
+                }
+            }
         }
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! - [`perturb`]: the perturbation layer's noise, activation and grouped 1x1 convolution as one
 //!   operation (CPU loops in `perturb/cpu.rs`, CubeCL kernels in `perturb/gpu.rs`).
+//! - [`perturb_norm`]: the paper authors' updated first layer's BatchNorm (folded into a scale
+//!   and an offset map per mask), sigmoid and grouped 1x1 convolution as one operation.
 //! - [`conv1x1`], [`conv`]: 1x1 and k x k convolutions as matrix products.
 //! - [`batchnorm`]: BatchNorm in training mode, optionally followed by ReLU.
 //! - [`add_relu`]: `relu(a + b)`, the end of every ResNet block.
@@ -27,6 +29,7 @@ pub mod conv1x1;
 pub mod cpu;
 pub mod maxpool;
 pub mod perturb;
+pub mod perturb_norm;
 
 use burn::tensor::Device;
 

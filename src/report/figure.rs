@@ -66,6 +66,8 @@ pub struct Axes {
     pub x_log_base: Option<f64>,
     /// y is not a percentage of 0-100 (accuracy) but any value from 0 up.
     pub y_unbounded: bool,
+    /// Draw each point's spread as a shaded band around its curve instead of error bars.
+    pub spread_as_band: bool,
 }
 
 impl Figure {
@@ -181,6 +183,17 @@ impl Figure {
             let line = color.stroke_width(2);
             let dx = dodge.get(i).copied().unwrap_or(0.0);
             let xy: Vec<(f64, f64)> = curve.points.iter().map(|&(x, y, _)| (x + dx, y)).collect();
+            let band = self.axes.spread_as_band && curve.points.len() > 1;
+            if band {
+                let upper = curve.points.iter().map(|&(x, y, s)| (x + dx, y + s.unwrap_or(0.0)));
+                let lower = curve
+                    .points
+                    .iter()
+                    .rev()
+                    .map(|&(x, y, s)| (x + dx, y - s.unwrap_or(0.0)));
+                let outline: Vec<(f64, f64)> = upper.chain(lower).collect();
+                chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled())))?;
+            }
             if curve.dashed {
                 chart.draw_series(DashedLineSeries::new(xy.clone(), 9, 6, line))?;
                 chart.draw_series(xy.iter().map(|&p| TriangleMarker::new(p, 6, color.filled())))?;
@@ -188,7 +201,7 @@ impl Figure {
                 chart.draw_series(LineSeries::new(xy.clone(), line))?;
                 chart.draw_series(xy.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
             }
-            chart.draw_series(curve.points.iter().filter_map(|&(x, y, s)| {
+            chart.draw_series(curve.points.iter().filter(|_| !band).filter_map(|&(x, y, s)| {
                 s.map(|s| ErrorBar::new_vertical(x + dx, y - s, y, y + s, color.stroke_width(1), 10))
             }))?;
         }

@@ -25,13 +25,18 @@ const HYPHENATED: [&str; 12] = [
 /// Fields left out of descriptions: they say where things are, not what was computed.
 const NOT_DESCRIBED: [&str; 4] = ["dataroot", "download", "nthreads", "debug"];
 
-/// The flag that sets `field` to `value`: `--nmasks 64`, `--no-unique_masks`, `--mix_maps`.
-pub fn flag(field: &str, value: &Value) -> String {
-    let name = if HYPHENATED.contains(&field) {
+/// The command-line name of a configuration field: `net-type`, `first_filter_size`.
+pub fn flag_name(field: &str) -> String {
+    if HYPHENATED.contains(&field) {
         field.replace('_', "-")
     } else {
         field.to_string()
-    };
+    }
+}
+
+/// The flag that sets `field` to `value`: `--nmasks 64`, `--no-unique_masks`, `--mix_maps`.
+pub fn flag(field: &str, value: &Value) -> String {
+    let name = flag_name(field);
     match value {
         Value::Bool(true) => format!("--{name}"),
         Value::Bool(false) => format!("--no-{name}"),
@@ -71,4 +76,38 @@ pub fn common_flags(configs: &[&Config], keys: &[&str]) -> String {
         .filter_map(|k| values.get(*k).filter(|v| !v.is_null()).map(|v| flag(k, v)))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The `pnn train` arguments that give exactly this configuration (each flag and value its own
+/// argument, every field spelled out), for running it in another process.
+pub fn command_args(config: &Config) -> Vec<String> {
+    let mut args = Vec::new();
+    for (field, value) in config.fields() {
+        push_flag(&mut args, &field, value);
+    }
+    args
+}
+
+/// The `pnn train` arguments that differ from the defaults: the short form of
+/// [`command_args`], giving the same configuration.
+pub fn non_default_args(config: &Config) -> Vec<String> {
+    let defaults = Config::default_fields();
+    let mut args = Vec::new();
+    for (field, value) in config.fields() {
+        if defaults.get(&field) != Some(&value) {
+            push_flag(&mut args, &field, value);
+        }
+    }
+    args
+}
+
+fn push_flag(args: &mut Vec<String>, field: &str, value: Value) {
+    let name = flag_name(field);
+    match value {
+        Value::Null => {}
+        Value::Bool(true) => args.push(format!("--{name}")),
+        Value::Bool(false) => args.push(format!("--no-{name}")),
+        Value::String(s) => args.extend([format!("--{name}"), s]),
+        other => args.extend([format!("--{name}"), other.to_string()]),
+    }
 }

@@ -1,11 +1,13 @@
-//! `pnn reproduce`: the reproduction's experiment table (the eight CIFAR-10 commands of
-//! michaelklachko/pnn.pytorch's README), run with the budget the user gives, over several
-//! seeds, then summarised as a table with the published figures beside the measured ones and
-//! as figures.
+//! `pnn reproduce`: the two sides of the debate as experiment tables, run with the budget the
+//! user gives over several seeds, then summarised with the published figures beside the
+//! measured ones, confidence intervals, the differences the debate is about, and figures.
+//! - `--table reproduction` (the default): the eight CIFAR-10 commands of
+//!   michaelklachko/pnn.pytorch's README;
+//! - `--table update`: the two commands of the paper authors' answer, juefeix/pnn.pytorch.update.
 //!
-//! Every run gets its own folder, `<out>/<experiment>/seed<k>`. Started again, a reproduce
-//! skips finished runs and resumes an unfinished one from its last checkpoint, so an
-//! interrupted table costs at most one epoch.
+//! Every run gets its own folder, `<out>/<experiment>/seed<k>`, and runs through the sweep's
+//! runner: started again, a reproduce skips finished runs and resumes an unfinished one from its
+//! last checkpoint, so an interrupted table costs at most one epoch; `--jobs N` runs N at once.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,26 +20,109 @@ use super::recorded::RecordedRun;
 use super::stats::Stat;
 use super::table::{compare_csv, markdown_table, thousands};
 use crate::config::{Config, TrainArgs};
-use crate::device::Backend;
-use crate::train::checkpoint;
+use crate::sweep::runner::{self, Execution, PlannedRun};
+pub use crate::sweep::runner::{RunStatus, run_status};
+use crate::sweep::summary::{self, Contrast, SeedGroup};
 use crate::train::files::write_atomic;
-use crate::train::interrupt::StopFlag;
-use crate::train::run_dir::RunSummaryFile;
-use crate::train::{self, RunOptions};
 
-/// One command of the reproduction's table.
+/// One command of an experiment table.
 #[derive(Debug, Clone, Copy)]
 pub struct Experiment {
-    /// Its number in the reproduction's README.
+    /// Its number in the table's README.
     pub id: usize,
     /// Folder name.
     pub slug: &'static str,
     pub title: &'static str,
     /// The flags of the README's command, less the data set flags.
     pub flags: &'static str,
-    /// Published correct test accuracy (percent), after 150 epochs on all of CIFAR-10.
+    /// Published correct test accuracy (percent), after the table's epochs on all of CIFAR-10.
     pub published: f64,
 }
+
+/// One side of the debate: its commands, the figures its authors published, and the contrasts
+/// between its commands that the debate is about.
+#[derive(Debug)]
+pub struct Table {
+    /// `--table` value.
+    pub name: &'static str,
+    pub title: &'static str,
+    /// Where the commands and published figures come from.
+    pub source: &'static str,
+    pub experiments: &'static [Experiment],
+    /// Epochs behind the published figures (the default `--nepochs`).
+    pub published_epochs: usize,
+    /// (A, B, what A - B measures), by experiment number.
+    pub contrasts: &'static [(usize, usize, &'static str)],
+    /// Prefix of the table's report files, so that both tables can share an `--out`.
+    pub file_prefix: &'static str,
+}
+
+/// The reproduction's side: michaelklachko/pnn.pytorch's README.
+pub const REPRODUCTION: Table = Table {
+    name: "reproduction",
+    title: "The PNN reproduction's experiment table",
+    source: "michaelklachko/pnn.pytorch README, correct test accuracy after 150 epochs",
+    experiments: &EXPERIMENTS,
+    published_epochs: 150,
+    contrasts: &[
+        (
+            3,
+            4,
+            "noise masks (the original model) over 1x1 convolutions without noise",
+        ),
+        (4, 1, "1x1 convolutions without noise against the 3x3 baseline"),
+        (5, 4, "noise in all layers against 1x1 convolutions without noise"),
+        (8, 7, "trained masks against fixed ones"),
+    ],
+    file_prefix: "",
+};
+
+/// The paper authors' side: juefeix/pnn.pytorch.update's README, run with `--code update`.
+pub const UPDATE: Table = Table {
+    name: "update",
+    title: "The paper authors' updated experiments",
+    source: "juefeix/pnn.pytorch.update README, test accuracy after 450 epochs",
+    experiments: &UPDATE_EXPERIMENTS,
+    published_epochs: 450,
+    contrasts: &[(
+        2,
+        1,
+        "noise in all layers (PerturbLayerFirst) against the original model",
+    )],
+    file_prefix: "update-",
+};
+
+pub const TABLES: [&Table; 2] = [&REPRODUCTION, &UPDATE];
+
+/// The table a `--table` value names.
+pub fn table(name: &str) -> Result<&'static Table> {
+    TABLES
+        .iter()
+        .copied()
+        .find(|t| t.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            let names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+            anyhow::anyhow!("--table {name}: the tables are {}", names.join(", "))
+        })
+}
+
+/// The update's README: its two CIFAR-10 commands, with `--code update` for its code paths.
+pub const UPDATE_EXPERIMENTS: [Experiment; 2] = [
+    Experiment {
+        id: 1,
+        slug: "update-1-noiseresnet18-first3",
+        title: "original PNN model (noiseresnet18), 3x3 first layer, the update's recipe",
+        flags: "--code update --net-type noiseresnet18 --nfilters 128 --batch-size 10 --learning-rate 1e-4 --first_filter_size 3 --level 0.1 --optim-method Adam",
+        published: 90.35,
+    },
+    Experiment {
+        id: 2,
+        slug: "update-2-noise-all-layers",
+        title: "PNN, noise in all layers, PerturbLayerFirst, the update's recipe",
+        flags: "--code update --net-type perturb_resnet18 --nfilters 256 --batch-size 20 --learning-rate 1e-4 --first_filter_size 0 --filter_size 0 --nmasks 1 --level 0.1 --optim-method Adam",
+        published: 85.92,
+    },
+];
 
 /// The reproduction's README, experiments 1 to 8. Experiment 3 is "experiment 2 with
 /// `--first_filter_size 3`", written out.
@@ -111,17 +196,13 @@ pub struct Budget {
 }
 
 pub struct ReproduceOptions {
+    pub table: &'static Table,
     pub out: PathBuf,
     pub dataroot: PathBuf,
     pub download: bool,
     pub budget: Budget,
     /// Experiment numbers to run (all when empty).
     pub only: Vec<usize>,
-    pub backend: Backend,
-    pub verbose: bool,
-    /// Ctrl-C / SIGTERM: the run in progress stops with a checkpoint; the next reproduce
-    /// resumes it.
-    pub stop: StopFlag,
 }
 
 impl Experiment {
@@ -149,56 +230,11 @@ impl Experiment {
     }
 }
 
-/// What to do with one run folder.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RunStatus {
-    Finished,
-    /// Resume from this checkpoint folder.
-    Resume(PathBuf),
-    Fresh,
-}
-
-/// Decides whether a run folder holds a finished run of `config`, one to resume, or nothing
-/// usable. A folder holding a run of other settings is an error: its results are never
-/// overwritten.
-pub fn run_status(dir: &Path, config: &Config) -> Result<RunStatus> {
-    let other = |what: String| {
-        anyhow::anyhow!(
-            "{} holds a run with other settings ({what}): give reproduce another --out, or move that folder away",
-            dir.display()
-        )
-    };
-    if let Some(saved) = RunSummaryFile::load(dir)? {
-        let mismatches = config.resume_mismatches(&saved.config);
-        if !mismatches.is_empty() {
-            return Err(other(format!("differs in {}", mismatches.join(", "))));
-        }
-        if saved.epochs_done > config.nepochs {
-            return Err(other(format!(
-                "{} epochs done, --nepochs {} asked",
-                saved.epochs_done, config.nepochs
-            )));
-        }
-        if saved.epochs_done == config.nepochs {
-            return Ok(RunStatus::Finished);
-        }
-    }
-    let last = dir.join("checkpoint-last");
-    if last.is_dir() {
-        let state = checkpoint::load_state(&last)?;
-        let mismatches = config.resume_mismatches(&state.config);
-        if !mismatches.is_empty() {
-            return Err(other(format!("differs in {}", mismatches.join(", "))));
-        }
-        return Ok(RunStatus::Resume(last));
-    }
-    Ok(RunStatus::Fresh)
-}
-
 /// Runs (or resumes, or skips) every selected experiment and seed, then writes the table and
-/// the figures. Returns the paths it wrote.
-pub fn run(opts: &ReproduceOptions) -> Result<Vec<PathBuf>> {
-    let selected = selected(&opts.only)?;
+/// the figures. Returns the paths it wrote. `Ctrl-C` / SIGTERM (the execution's stop flag)
+/// stops the runs in progress with a checkpoint; the next reproduce resumes them.
+pub fn run(opts: &ReproduceOptions, ex: &Execution) -> Result<Vec<PathBuf>> {
+    let selected = selected(opts.table, &opts.only)?;
     if opts.budget.seeds == 0 || opts.budget.nepochs == 0 {
         bail!("--seeds and --nepochs must be at least 1");
     }
@@ -209,57 +245,29 @@ pub fn run(opts: &ReproduceOptions) -> Result<Vec<PathBuf>> {
             let config = exp
                 .config(opts, seed)
                 .with_context(|| format!("experiment {}", exp.id))?;
-            let dir = exp.run_dir(&opts.out, seed);
-            let status = run_status(&dir, &config)?;
-            plan.push((exp, seed, config, dir, status));
+            let name = format!("experiment {} ({}), seed {seed}", exp.id, exp.title);
+            let flags = format!("{} (and the budget's flags)", exp.flags);
+            plan.push(PlannedRun::new(name, flags, config, exp.run_dir(&opts.out, seed))?);
         }
     }
-    let total = plan.len();
     let start = Instant::now();
-    for (i, (exp, seed, config, dir, status)) in plan.into_iter().enumerate() {
-        let head = format!("[{}/{total}] experiment {} ({}), seed {seed}", i + 1, exp.id, exp.title);
-        let resume = match status {
-            RunStatus::Finished => {
-                if opts.verbose {
-                    println!("{head}: finished before, skipped ({})", dir.display());
-                }
-                continue;
-            }
-            RunStatus::Resume(from) => Some(from),
-            RunStatus::Fresh => None,
-        };
-        if opts.verbose {
-            let how = if resume.is_some() { "resuming" } else { "starting" };
-            println!(
-                "\n{head}: {how}, {:.0} s into this reproduce",
-                start.elapsed().as_secs_f64()
-            );
-            println!("  pnn train {} (and the budget's flags)", exp.flags);
-        }
-        train::train(
-            &config,
-            RunOptions {
-                save: Some(dir.clone()),
-                logs: None,
-                resume,
-                backend: opts.backend.clone(),
-                verbose: opts.verbose,
-                stop: opts.stop.clone(),
-                stop_after_steps: None,
-                memory_budget: None,
-                force: false,
-            },
-        )
-        .with_context(|| format!("experiment {} seed {seed} (run folder {})", exp.id, dir.display()))?;
+    runner::execute(&plan, ex)?;
+    if ex.verbose {
+        println!("\nruns done in {:.0} s", start.elapsed().as_secs_f64());
     }
     write_report(opts, &selected)
 }
 
-fn selected(only: &[usize]) -> Result<Vec<Experiment>> {
-    if let Some(bad) = only.iter().find(|id| !(1..=EXPERIMENTS.len()).contains(id)) {
-        bail!("--only {bad}: the experiments are numbered 1 to {}", EXPERIMENTS.len());
+fn selected(table: &Table, only: &[usize]) -> Result<Vec<Experiment>> {
+    let n = table.experiments.len();
+    if let Some(bad) = only.iter().find(|id| !(1..=n).contains(id)) {
+        bail!(
+            "--only {bad}: the experiments of --table {} are numbered 1 to {n}",
+            table.name
+        );
     }
-    Ok(EXPERIMENTS
+    Ok(table
+        .experiments
         .iter()
         .filter(|e| only.is_empty() || only.contains(&e.id))
         .copied()
@@ -319,9 +327,16 @@ pub fn table_rows(out: &Path, experiments: &[Experiment], seeds: u64) -> Result<
 }
 
 /// The Markdown report: budget, provenance, the table with the published figures beside.
-pub fn table_markdown(budget: &Budget, rows: &[TableRow], provenance: &[String], wall_seconds: f64) -> String {
+pub fn table_markdown(
+    table: &Table,
+    budget: &Budget,
+    rows: &[TableRow],
+    contrasts: &[Contrast],
+    provenance: &[String],
+    wall_seconds: f64,
+) -> String {
     let subset = |n: Option<usize>| n.map_or("all".to_string(), thousands);
-    let mut out = String::from("# The PNN reproduction's experiment table, measured by pnn\n\n");
+    let mut out = format!("# {}, measured by pnn\n\n", table.title);
     out.push_str(&format!(
         "Budget: {} epoch(s), {} training images, {} test images (CIFAR-10), seeds 1 to {}. \
          Training wall time of the runs in this table: {:.0} s.\n\n",
@@ -331,12 +346,13 @@ pub fn table_markdown(budget: &Budget, rows: &[TableRow], provenance: &[String],
         budget.seeds,
         wall_seconds
     ));
-    out.push_str(
-        "Published: the reproduction's correct test accuracy after 150 epochs on all of CIFAR-10. \
+    out.push_str(&format!(
+        "Published: {} on all of CIFAR-10. \
          With a smaller budget the measured numbers are lower and not comparable in absolute terms; \
          what carries over is the gap between the correct and the reported accuracy, and the cost of each model. \
-         Measured values are the mean ± standard deviation over seeds.\n\n",
-    );
+         Measured values are the mean ± standard deviation over seeds, with the 95% confidence interval of the mean.\n\n",
+        table.source
+    ));
     let header = [
         "#",
         "experiment",
@@ -344,6 +360,7 @@ pub fn table_markdown(budget: &Budget, rows: &[TableRow], provenance: &[String],
         "noise values",
         "published correct %",
         "best correct %",
+        "95% CI",
         "final correct %",
         "best reported %",
         "reported - correct",
@@ -360,6 +377,7 @@ pub fn table_markdown(budget: &Budget, rows: &[TableRow], provenance: &[String],
                 thousands(r.noise_values),
                 format!("{:.1}", r.published_correct),
                 r.best_correct.show(2),
+                r.best_correct.ci95().map_or("-".into(), |i| i.show(2)),
                 r.final_correct.show(2),
                 r.best_reported.show(2),
                 r.reported_minus_correct.show(2),
@@ -369,6 +387,11 @@ pub fn table_markdown(budget: &Budget, rows: &[TableRow], provenance: &[String],
         })
         .collect();
     out.push_str(&markdown_table(&header, &body));
+    if !contrasts.is_empty() {
+        out.push_str("\nThe differences the debate is about (A and B by experiment number):\n\n");
+        out.push_str(&summary::contrasts_markdown(contrasts));
+        out.push_str(&format!("\n{}\n", summary::METHOD_NOTE));
+    }
     out.push_str("\nCommands (each with `--dataset-train CIFAR10 --dataset-test CIFAR10` and the budget's flags):\n\n");
     for r in rows {
         out.push_str(&format!("{}. `pnn train {}`\n", r.id, r.flags));
@@ -414,10 +437,33 @@ fn write_report(opts: &ReproduceOptions, experiments: &[Experiment]) -> Result<V
     provenance.dedup();
     let wall: f64 = all_runs.iter().map(|r| r.summary.wall_seconds).sum();
     let table: Vec<TableRow> = rows.iter().map(|(row, _)| row.clone()).collect();
+    let groups: Vec<(usize, SeedGroup)> = rows
+        .iter()
+        .map(|(r, runs)| {
+            (
+                r.id,
+                SeedGroup {
+                    label: r.id.to_string(),
+                    runs: runs.clone(),
+                },
+            )
+        })
+        .collect();
+    let contrasts: Vec<Contrast> = opts
+        .table
+        .contrasts
+        .iter()
+        .filter_map(|&(a, b, what)| {
+            let find = |id: usize| groups.iter().find(|(i, _)| *i == id).map(|(_, g)| g);
+            Some(Contrast::of(find(a)?, find(b)?, what.to_string()))
+        })
+        .collect();
+    let file = |name: &str| opts.out.join(format!("{}{name}", opts.table.file_prefix));
 
     let mut written = Vec::new();
-    let md = opts.out.join("table.md");
-    write_atomic(&md, table_markdown(&opts.budget, &table, &provenance, wall).as_bytes())?;
+    let md = file("table.md");
+    let text = table_markdown(opts.table, &opts.budget, &table, &contrasts, &provenance, wall);
+    write_atomic(&md, text.as_bytes())?;
     written.push(md);
 
     let mut csv = csv::Writer::from_writer(Vec::new());
@@ -447,16 +493,24 @@ fn write_report(opts: &ReproduceOptions, experiments: &[Experiment]) -> Result<V
             provenance: &prov,
         })?;
     }
-    let table_csv = opts.out.join("table.csv");
+    let table_csv = file("table.csv");
     write_atomic(&table_csv, &csv.into_inner()?)?;
     written.push(table_csv);
+    let stats: Vec<_> = groups.iter().map(|(_, g)| g.stats()).collect();
+    written.extend(summary::write_csvs(
+        &opts.out,
+        opts.table.file_prefix,
+        &stats,
+        &contrasts,
+    )?);
     // Every run, with its full configuration: the table's numbers traced to their runs.
     let owned: Vec<RecordedRun> = all_runs.iter().map(|r| (*r).clone()).collect();
-    let runs_csv = opts.out.join("runs.csv");
+    let runs_csv = file("runs.csv");
     write_atomic(&runs_csv, &compare_csv(&owned)?)?;
     written.push(runs_csv);
 
     let figures = opts.out.join("figures");
+    let figure = |name: &str| figures.join(format!("{}{name}", opts.table.file_prefix));
     // The original model's run, as in the reproduction's first figure; else the first run.
     let showcase = rows
         .iter()
@@ -465,7 +519,7 @@ fn write_report(opts: &ReproduceOptions, experiments: &[Experiment]) -> Result<V
         .map(|(_, runs)| &runs[0]);
     if let Some(run) = showcase {
         let fig = plot::reported_vs_correct(run);
-        written.extend(plot::save(&fig, &figures.join("reported-vs-correct"), &[run])?);
+        written.extend(plot::save(&fig, &figure("reported-vs-correct"), &[run])?);
     }
     let group = |ids: &[usize]| -> Vec<(String, Vec<&RecordedRun>)> {
         ids.iter()
@@ -475,17 +529,17 @@ fn write_report(opts: &ReproduceOptions, experiments: &[Experiment]) -> Result<V
     };
     // The reproduction's second figure: baseline, 1x1 convolutions, 1x1 with noise.
     let trio = group(&[1, 4, 3]);
-    if trio.len() >= 2 {
+    if opts.table.name == REPRODUCTION.name && trio.len() >= 2 {
         let fig = plot::groups_figure(
             "Baseline vs 1x1 convolutions without and with noise masks",
             &trio,
             false,
         );
         let runs: Vec<&RecordedRun> = trio.iter().flat_map(|(_, r)| r.iter().copied()).collect();
-        written.extend(plot::save(&fig, &figures.join("baseline-vs-1x1"), &runs)?);
+        written.extend(plot::save(&fig, &figure("baseline-vs-1x1"), &runs)?);
     }
     let every = group(&experiments.iter().map(|e| e.id).collect::<Vec<_>>());
-    let fig = plot::groups_figure("The reproduction's experiments", &every, true);
-    written.extend(plot::save(&fig, &figures.join("all-experiments"), &all_runs)?);
+    let fig = plot::groups_figure(opts.table.title, &every, true);
+    written.extend(plot::save(&fig, &figure("all-experiments"), &all_runs)?);
     Ok(written)
 }

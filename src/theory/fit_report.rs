@@ -202,6 +202,7 @@ pub fn error_vs_masks(result: &FitConvResult, notes: &[String]) -> Figure {
         axes: Axes {
             x_log_base: Some(2.0),
             y_unbounded: true,
+            spread_as_band: false,
         },
     }
 }
@@ -266,6 +267,7 @@ pub fn error_vs_images(result: &FitConvResult, notes: &[String]) -> Figure {
         axes: Axes {
             x_log_base: Some(10.0),
             y_unbounded: true,
+            spread_as_band: false,
         },
     }
 }

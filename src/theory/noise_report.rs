@@ -115,6 +115,7 @@ pub fn figure(stats: &[LayerStats], notes: &[String]) -> Figure {
         axes: Axes {
             x_log_base: None,
             y_unbounded: false,
+            spread_as_band: false,
         },
     }
 }

@@ -144,7 +144,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             left: opts.stop_after_steps.map(|n| n.saturating_sub(invocation_steps)),
             taken: 0,
         };
-        let lr = schedule::learning_rate(config.learning_rate, config.dataset_train, epoch);
+        let lr = schedule::learning_rate(config.learning_rate, config.dataset_train, config.code, epoch);
         let epoch_start = Instant::now();
         let progress = EpochProgress::resumed(state.partial.take());
         let seconds_before = progress.seconds;

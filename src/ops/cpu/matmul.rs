@@ -82,6 +82,24 @@ pub unsafe fn matmul_threaded_into(dst: &mut [MaybeUninit<f32>], m: usize, n: us
     unsafe { matmul_raw(dst.as_mut_ptr().cast(), false, m, n, k, a, b, Parallelism::Rayon(0)) }
 }
 
+/// `dst (m x n) = [dst +] a b` on rayon's threads, split by gemm itself.
+///
+/// # Safety
+/// As [`matmul`].
+pub(crate) unsafe fn matmul_threaded_acc(
+    dst: &mut [f32],
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+) {
+    debug_assert_eq!(dst.len(), m * n);
+    // SAFETY: passed on.
+    unsafe { matmul_raw(dst.as_mut_ptr(), accumulate, m, n, k, a, b, Parallelism::Rayon(0)) }
+}
+
 /// `a b` (m x n) in a new vector, on rayon's threads: [`matmul_threaded_into`] into memory
 /// that is not zeroed first.
 ///
