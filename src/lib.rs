@@ -7,9 +7,9 @@
 //! - [`models`]: the networks.
 //! - [`data`]: reading data sets and batching them.
 //! - [`train`]: the training loop, optimisers, schedule, metrics and checkpoints.
-//! - [`report`]: figures, comparison tables, statistics and the experiment tables (`reproduce`).
+//! - [`report`]: figures, comparison tables and statistics, made from recorded runs.
 //! - [`sweep`]: a grid of flags times seeds, run (several at once if asked) and summarised with
-//!   confidence intervals; `reproduce` runs on it.
+//!   confidence intervals; the experiment tables (`pnn reproduce`) run on it.
 //! - [`theory`]: empirical tests of the paper's arguments (`fit-conv`, `noise-stats`).
 //! - [`allocator`]: the memory allocator policy of pnn's programs.
 //! - [`provenance`]: the build, machine and backend recorded beside every result.

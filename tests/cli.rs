@@ -362,3 +362,24 @@ fn a_batch_splits_into_consecutive_parts_of_near_equal_size() {
     assert_eq!(batch.split(1)[0].labels, batch.labels);
     assert_eq!(batch.split(20).len(), n, "never an empty part");
 }
+
+/// `pnn reproduce --list`: both sides of the debate as `pnn train` command lines, each one a
+/// valid configuration.
+#[test]
+fn reproduce_lists_both_tables_as_train_commands() {
+    let out = pnn().args(["reproduce", "--list"]).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let commands: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("pnn train ")).collect();
+    assert_eq!(commands.len(), 10, "{stdout}");
+    assert!(stdout.contains("(--table update)") && stdout.contains("published 90.35%"), "{stdout}");
+    for command in &commands {
+        let config = pnn::config::TrainArgs::parse_flags(command.split_whitespace())
+            .and_then(|a| a.to_config())
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+        assert!(config.nepochs == 150 || config.nepochs == 450, "{command}");
+    }
+    let update = pnn().args(["reproduce", "--list", "--table", "update"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&update.stdout);
+    assert_eq!(listed.lines().filter(|l| l.starts_with("pnn train --code update")).count(), 2, "{listed}");
+}

@@ -10,7 +10,7 @@ use pnn::config::{Config, TrainArgs};
 use pnn::device::Backend;
 use pnn::models::ParamCount;
 use pnn::provenance::Provenance;
-use pnn::report::reproduce::{self, Budget, EXPERIMENTS, ReproduceOptions, RunStatus};
+use pnn::sweep::reproduce::{self, Budget, EXPERIMENTS, ReproduceOptions, RunStatus};
 use pnn::report::stats::Stat;
 use pnn::report::{RecordedRun, find_runs, plot, table};
 use pnn::sweep::Execution;
@@ -344,6 +344,28 @@ fn every_experiment_of_the_table_is_a_valid_configuration() {
 }
 
 #[test]
+fn the_updates_table_runs_its_commands_with_the_updates_code() {
+    let mut opts = reproduce_options(Path::new("out"), Path::new("data"), 450, None, &[]);
+    opts.table = reproduce::table("update").unwrap();
+    assert_eq!(opts.table.published_epochs, 450);
+    let published: Vec<f64> = opts.table.experiments.iter().map(|e| e.published).collect();
+    assert_eq!(published, [90.35, 85.92]);
+    for exp in opts.table.experiments {
+        let c = exp.config(&opts, 2).unwrap();
+        assert_eq!(c.code, pnn::config::Code::Update, "{}", exp.flags);
+        assert_eq!((c.level, c.optim_method), (0.1, pnn::config::OptimMethod::Adam));
+        // Its folders never collide with the reproduction's.
+        assert!(EXPERIMENTS.iter().all(|e| e.slug != exp.slug));
+    }
+    let err = format!("{:#}", reproduce::table("klachko").unwrap_err());
+    assert!(err.contains("reproduction, update"), "{err}");
+    let mut only = reproduce_options(Path::new("out"), Path::new("data"), 1, None, &[3]);
+    only.table = &reproduce::UPDATE;
+    let err = format!("{:#}", reproduce::run(&only, &in_turn()).unwrap_err());
+    assert!(err.contains("numbered 1 to 2"), "{err}");
+}
+
+#[test]
 fn reproduce_skips_finished_runs_and_resumes_an_unfinished_one() {
     let data = tempfile::tempdir().unwrap();
     write_cifar10_release(&data.path().join("cifar-10-batches-bin"), 10);
@@ -391,6 +413,10 @@ fn reproduce_skips_finished_runs_and_resumes_an_unfinished_one() {
         "{md}"
     );
     assert!(md.contains("Budget: 2 epoch(s), 24 training images"), "{md}");
+    // The contrast between experiments 4 and 1, without an interval at one seed.
+    assert!(md.contains("| 4 | 1 | 1x1 convolutions without noise against the 3x3 baseline |"), "{md}");
+    assert!(md.contains("unknown (1 seed)"), "{md}");
+    assert!(out.join("differences.csv").is_file() && out.join("configurations.csv").is_file());
     for name in [
         "reported-vs-correct.png",
         "baseline-vs-1x1.svg",

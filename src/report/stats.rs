@@ -4,10 +4,10 @@
 //! Why t and not a bootstrap: a sweep has 3 to 10 seeds per configuration. A bootstrap over so
 //! few values resamples the same handful of numbers; its percentile interval ignores that the
 //! spread itself is estimated from them and comes out too narrow (at 3 seeds a nominal 95%
-//! interval covers well under 90%). Student's t widens the interval by exactly that uncertainty.
-//! For a difference between two configurations, Welch's form does not assume that they vary
-//! equally from seed to seed (noise masks may well change the spread). Both assume the final
-//! accuracy of a seed is roughly normal around its configuration's mean.
+//! interval covers about 75%: docs/sweep.md). Student's t widens the interval by exactly that
+//! uncertainty. For a difference between two configurations, Welch's form does not assume that
+//! they vary equally from seed to seed (noise masks may well change the spread). Both assume
+//! the final accuracy of a seed is roughly normal around its configuration's mean.
 
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, StudentsT};

@@ -7,6 +7,7 @@
 //! machinery.
 
 pub mod grid;
+pub mod reproduce;
 pub mod runner;
 pub mod summary;
 

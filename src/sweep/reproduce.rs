@@ -15,14 +15,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::plot;
-use super::recorded::RecordedRun;
-use super::stats::Stat;
-use super::table::{compare_csv, markdown_table, thousands};
+use super::runner::{self, Execution, PlannedRun};
+pub use super::runner::{RunStatus, run_status};
+use super::summary::{self, Contrast, SeedGroup};
 use crate::config::{Config, TrainArgs};
-use crate::sweep::runner::{self, Execution, PlannedRun};
-pub use crate::sweep::runner::{RunStatus, run_status};
-use crate::sweep::summary::{self, Contrast, SeedGroup};
+use crate::report::plot;
+use crate::report::recorded::RecordedRun;
+use crate::report::stats::Stat;
+use crate::report::table::{compare_csv, markdown_table, thousands};
 use crate::train::files::write_atomic;
 
 /// One command of an experiment table.
