@@ -193,6 +193,13 @@ fn the_updates_frozen_stem_stays_at_its_initial_weights() {
     let (conv_after, bn_after) = stem(&model);
     assert_eq!(conv_after, conv_before, "the frozen convolution moved");
     assert_ne!(bn_after, bn_before, "the stem's BatchNorm did not train");
+    // Loaded from a file (a resumed run), the stem is still frozen.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.bpk");
+    model.clone().save_file(&path).unwrap();
+    let loaded = models::build(&cfg, &device).unwrap().try_load_file(&path).unwrap();
+    assert_eq!(ParamCount::of(&loaded).frozen, 3 * 3 * 3 * 4);
+    assert_eq!(stem(&loaded).0, conv_before);
 }
 
 #[test]

@@ -139,7 +139,7 @@ pub fn execute(runs: &[PlannedRun], ex: &Execution) -> Result<()> {
         }
     }
     if ex.jobs <= 1 || todo.len() <= 1 {
-        return execute_in_turn(&todo, runs.len(), ex);
+        return execute_in_turn(&todo, ex);
     }
     execute_in_parallel(&todo, ex)
 }
@@ -151,7 +151,7 @@ fn resume_of(run: &PlannedRun) -> Option<PathBuf> {
     }
 }
 
-fn execute_in_turn(todo: &[&PlannedRun], total: usize, ex: &Execution) -> Result<()> {
+fn execute_in_turn(todo: &[&PlannedRun], ex: &Execution) -> Result<()> {
     let start = Instant::now();
     for (i, run) in todo.iter().enumerate() {
         let resume = resume_of(run);
@@ -160,7 +160,7 @@ fn execute_in_turn(todo: &[&PlannedRun], total: usize, ex: &Execution) -> Result
             println!(
                 "\n[{}/{}] {}: {how}, {:.0} s in",
                 i + 1,
-                todo.len().min(total),
+                todo.len(),
                 run.name,
                 start.elapsed().as_secs_f64()
             );
