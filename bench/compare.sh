@@ -99,7 +99,7 @@ for i in "${!commands[@]}"; do
     done
     t_ips=$(median "${t_list[@]}")
     p_ips=$(median "${p_list[@]}")
-    p_par=$("$pnn" info $flags 2>/dev/null | sed -n 's/.*(\([0-9]*\) regular parameters, \([0-9]*\) noise mask values).*/\1+\2/p')
+    p_par=$("$pnn" info $flags 2>/dev/null | sed -n 's/.*(\([0-9]*\) regular parameters, \([0-9]*\) noise mask values.*/\1+\2/p')
     params="$p_par"
     [ "$p_par" = "$t_par" ] || params="**MISMATCH: pnn $p_par, PyTorch $t_par**"
     awk -v id="$id" -v f="$flags" -v b="$b" -v ti="$t_ips" -v pi="$p_ips" -v tm="$t_mem" -v pm="$p_mem" -v par="$params" 'BEGIN {
