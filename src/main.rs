@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use pnn::config::TrainArgs;
 use pnn::device::Backend;
 use pnn::models::{self, Geometry, ParamCount};
-use pnn::sweep::reproduce::{self, Budget, ReproduceOptions};
 use pnn::report::{RecordedRun, find_runs, plot, table};
+use pnn::sweep::reproduce::{self, Budget, ReproduceOptions};
 use pnn::sweep::{self, Execution, Grid, RunStatus, RunsInterrupted, SweepOptions};
 use pnn::train::files::write_atomic;
 

@@ -372,14 +372,27 @@ fn reproduce_lists_both_tables_as_train_commands() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let commands: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("pnn train ")).collect();
     assert_eq!(commands.len(), 10, "{stdout}");
-    assert!(stdout.contains("(--table update)") && stdout.contains("published 90.35%"), "{stdout}");
+    assert!(
+        stdout.contains("(--table update)") && stdout.contains("published 90.35%"),
+        "{stdout}"
+    );
     for command in &commands {
         let config = pnn::config::TrainArgs::parse_flags(command.split_whitespace())
             .and_then(|a| a.to_config())
             .unwrap_or_else(|e| panic!("{command}: {e}"));
         assert!(config.nepochs == 150 || config.nepochs == 450, "{command}");
     }
-    let update = pnn().args(["reproduce", "--list", "--table", "update"]).output().unwrap();
+    let update = pnn()
+        .args(["reproduce", "--list", "--table", "update"])
+        .output()
+        .unwrap();
     let listed = String::from_utf8_lossy(&update.stdout);
-    assert_eq!(listed.lines().filter(|l| l.starts_with("pnn train --code update")).count(), 2, "{listed}");
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.starts_with("pnn train --code update"))
+            .count(),
+        2,
+        "{listed}"
+    );
 }

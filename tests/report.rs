@@ -10,10 +10,10 @@ use pnn::config::{Config, TrainArgs};
 use pnn::device::Backend;
 use pnn::models::ParamCount;
 use pnn::provenance::Provenance;
-use pnn::sweep::reproduce::{self, Budget, EXPERIMENTS, ReproduceOptions, RunStatus};
 use pnn::report::stats::Stat;
 use pnn::report::{RecordedRun, find_runs, plot, table};
 use pnn::sweep::Execution;
+use pnn::sweep::reproduce::{self, Budget, EXPERIMENTS, ReproduceOptions, RunStatus};
 use pnn::train::RunSummary;
 use pnn::train::metrics::{EpochRecord, ReportedAccuracy};
 use pnn::train::run_dir::{RunDir, RunSummaryFile};
@@ -414,7 +414,10 @@ fn reproduce_skips_finished_runs_and_resumes_an_unfinished_one() {
     );
     assert!(md.contains("Budget: 2 epoch(s), 24 training images"), "{md}");
     // The contrast between experiments 4 and 1, without an interval at one seed.
-    assert!(md.contains("| 4 | 1 | 1x1 convolutions without noise against the 3x3 baseline |"), "{md}");
+    assert!(
+        md.contains("| 4 | 1 | 1x1 convolutions without noise against the 3x3 baseline |"),
+        "{md}"
+    );
     assert!(md.contains("unknown (1 seed)"), "{md}");
     assert!(out.join("differences.csv").is_file() && out.join("configurations.csv").is_file());
     for name in [
