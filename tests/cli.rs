@@ -51,6 +51,33 @@ fn train_one_epoch_end_to_end_writes_metrics_checkpoints_and_both_accuracies() {
     ] {
         assert!(lines[0][key].is_number(), "metrics.jsonl has {key}");
     }
+    // TensorBoard's event file: whole records (length, data, each with its masked CRC-32C): the
+    // file version, the flags as hyper-parameters, one epoch's scalars.
+    let events: Vec<_> = std::fs::read_dir(&save)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let bytes = std::fs::read(&events[0]).unwrap();
+    let masked = |b: &[u8]| crc32c::crc32c(b).rotate_right(15).wrapping_add(0xa282_ead8);
+    let (mut at, mut records) = (0, 0);
+    while at < bytes.len() {
+        let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        assert_eq!(masked(&bytes[at..at + 8]).to_le_bytes(), bytes[at + 8..at + 12]);
+        let data = &bytes[at + 12..at + 12 + len];
+        assert_eq!(masked(data).to_le_bytes(), bytes[at + 12 + len..at + 16 + len]);
+        at += 16 + len;
+        records += 1;
+    }
+    assert_eq!((at, records), (bytes.len(), 3));
+    assert!(bytes.windows(21).any(|w| w == b"accuracy/test_correct"));
+
     let acc = lines[0]["test_acc"].as_f64().unwrap();
     // 50 test images: the correct accuracy is a multiple of 2 %, and it is what Best Accuracy says.
     assert!(

@@ -100,8 +100,11 @@ fn the_estimate_extrapolates_to_the_measured_peak_of_a_step() {
                 "{flags} batch {batch}: predicted {predicted} measured {measured} ({:.1}%)",
                 100.0 * error
             );
+            // Up to a few MiB depend on how the threads share the work, not on the batch: on a
+            // busy machine lenet's step at batch 32 measured exactly 2 MiB more than on a quiet
+            // one (scratch held per thread that takes part in a parallel operation).
             assert!(
-                error < 0.15,
+                error < 0.15 || predicted.abs_diff(measured) <= 4 << 20,
                 "{flags} batch {batch}: predicted {predicted} bytes, measured {measured}"
             );
         }

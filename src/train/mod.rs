@@ -10,6 +10,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod sgd;
 pub mod step;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use trainer::{RunOptions, RunSummary, train};

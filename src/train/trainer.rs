@@ -18,6 +18,7 @@ use super::memory;
 use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy, best_by};
 use super::run_dir::{RunDir, RunInfo, RunSummaryFile};
 use super::step::{StepDevices, count_correct};
+use super::tensorboard::EventLog;
 use super::{optim, schedule};
 use crate::config::Config;
 use crate::data::{self, Loader};
@@ -130,7 +131,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         save = save.or_else(|| dir.parent().map(PathBuf::from));
     }
     check_memory(config, geometry, &device, &opts, data.train.len())?;
-    let invocation = Invocation::open(config, &opts, save, &model, state.wall_seconds, started)?;
+    let mut invocation = Invocation::open(config, &opts, save, &model, state.wall_seconds, started)?;
     invocation.announce(&data, load_seconds);
 
     // Augmented where the data set is (CIFAR).
@@ -252,6 +253,8 @@ struct Invocation<'a> {
     started: Instant,
     /// Wall time of the run's earlier invocations (when resumed).
     wall_before: f64,
+    /// This invocation's TensorBoard event file.
+    events: EventLog,
 }
 
 impl<'a> Invocation<'a> {
@@ -272,6 +275,7 @@ impl<'a> Invocation<'a> {
             started: chrono::Local::now().to_rfc3339(),
             config: config.clone(),
         })?;
+        let events = EventLog::create(&run.logs, config)?;
         Ok(Self {
             config,
             opts,
@@ -280,6 +284,7 @@ impl<'a> Invocation<'a> {
             params: ParamCount::of(model),
             started,
             wall_before,
+            events,
         })
     }
 
@@ -341,9 +346,9 @@ impl<'a> Invocation<'a> {
     }
 
     /// Prints an epoch's line and records it: metrics, checkpoint-last (and checkpoint-best when
-    /// the test accuracy improved), the summary so far.
+    /// the test accuracy improved), the summary so far, TensorBoard's scalars.
     fn end_epoch(
-        &self,
+        &mut self,
         record: EpochRecord,
         model: &Net,
         optimizer: &ModuleOptimizer,
@@ -387,6 +392,10 @@ impl<'a> Invocation<'a> {
             params: self.params,
         };
         run.write_summary(&so_far.file(&self.provenance, config, state.wall_seconds))?;
+        // Last, once the epoch is in the checkpoint: a resumed run never logs an epoch twice.
+        if let Some(record) = state.history.last() {
+            self.events.epoch(record)?;
+        }
         Ok(())
     }
 
