@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reads a pnn run's TensorBoard event files with TensorBoard's own reader and checks that every
-# scalar equals the run's metrics.jsonl, over a run that was resumed (two event files), and that
-# the run's flags are there as hyper-parameters.
+# per-epoch scalar equals the run's metrics.jsonl, over a run that was resumed (two event files),
+# that the training loss is there every --log-every steps, and that the run's flags are there as
+# hyper-parameters.
 #
 # Installs the `tensorboard` Python package into a virtual environment first
 # ($PNN_TENSORBOARD_VENV, default target/tensorboard-venv). Exit status 3 when it cannot be
@@ -38,7 +39,7 @@ for prefix, n in [("train", 120), ("t10k", 40)]:
 PY
 
 flags=(--net-type lenet --dataset-train MNIST --dataset-test MNIST --dataroot "$work/data" --nfilters 8
-       --batch-size 16 --learning-rate 0.05 --use_act --device cpu --save "$work/run")
+       --batch-size 16 --learning-rate 0.05 --use_act --device cpu --save "$work/run" --log-every 5)
 "$pnn" train "${flags[@]}" --nepochs 1 >/dev/null
 sleep 1 # a second file name for the resumed invocation
 "$pnn" train "${flags[@]}" --nepochs 3 --resume "$work/run/checkpoint-last" >/dev/null
@@ -63,7 +64,11 @@ tags = {
     "learning_rate": "learning_rate",
     "speed/train_images_per_sec": "train_images_per_sec",
 }
-assert sorted(acc.Tags()["scalars"]) == sorted(tags), acc.Tags()["scalars"]
+assert sorted(acc.Tags()["scalars"]) == sorted([*tags, "loss/train_step"]), acc.Tags()["scalars"]
+# 120 images in batches of 16: 8 steps an epoch, 24 in all; every 5th, across the resume.
+steps = acc.Scalars("loss/train_step")
+assert [e.step for e in steps] == [5, 10, 15, 20], [e.step for e in steps]
+assert all(0 < e.value < 10 for e in steps), [e.value for e in steps]
 for tag, key in tags.items():
     events = acc.Scalars(tag)
     assert [e.step for e in events] == [r["epoch"] for r in records], (tag, [e.step for e in events])

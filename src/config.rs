@@ -156,6 +156,9 @@ pub struct RunFlags {
     /// Memory the run may use at its peak, in MiB [default: what the machine has available].
     #[arg(long = "memory-budget", alias = "memory_budget", value_name = "MIB")]
     pub memory_budget: Option<u64>,
+    /// Write the training loss to the run's TensorBoard events every N steps (0: per epoch only).
+    #[arg(long = "log-every", alias = "log_every", value_name = "N", default_value_t = crate::train::trainer::DEFAULT_LOG_EVERY)]
+    pub log_every: usize,
     /// Accepted for compatibility with the reference, which parses and ignores it; the step
     /// schedule of the data set decides the decay.
     #[arg(long = "learning-rate-decay", alias = "learning_rate_decay")]

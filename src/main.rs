@@ -202,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stop_after_steps: None,
                 memory_budget: args.run.memory_budget.map(|mib| (mib as usize) << 20),
                 force: args.run.force,
+                log_every: args.run.log_every,
             };
             train::train(&config, opts)?;
         }

@@ -178,6 +178,7 @@ fn execute_in_turn(todo: &[&PlannedRun], ex: &Execution) -> Result<()> {
                 stop_after_steps: None,
                 memory_budget: None,
                 force: false,
+                log_every: crate::train::trainer::DEFAULT_LOG_EVERY,
             },
         )
         .with_context(|| format!("{} (run folder {})", run.name, run.dir.display()))?;

@@ -1,6 +1,6 @@
 //! TensorBoard event files in every run folder, so that `tensorboard --logdir results/` shows
-//! every run: per epoch both test accuracies, the losses, the learning rate and the speed, and
-//! the run's flags as hyper-parameters (TensorBoard's HParams view compares runs by them). A
+//! every run: per epoch both test accuracies, the losses, the learning rate and the speed; the
+//! training loss every `--log-every` steps; and the run's flags as hyper-parameters (TensorBoard's HParams view compares runs by them). A
 //! sweep's or reproduce's runs are named by their folders, `<configuration>/seed<k>`.
 //!
 //! The messages are TensorBoard's own protocol buffers (`event.proto`, `summary.proto`, the
@@ -111,6 +111,10 @@ pub const SCALARS: [(&str, fn(&EpochRecord) -> f64); 7] = [
     ("speed/train_images_per_sec", |r| r.train_images_per_sec),
 ];
 
+/// The training loss of single steps, every `--log-every` steps; its step is the step of the run
+/// (1-based, over all epochs), unlike the per-epoch scalars whose step is the epoch.
+pub const STEP_LOSS: &str = "loss/train_step";
+
 /// One invocation's event file.
 pub struct EventLog {
     file: File,
@@ -199,6 +203,25 @@ impl EventLog {
             file_version: None,
             summary: Some(Summary { value }),
         })
+    }
+
+    /// Appends training losses of single steps (`loss/train_step`), at their step of the run.
+    pub fn step_losses(&mut self, losses: &[(usize, f64)]) -> Result<()> {
+        for &(step, loss) in losses {
+            self.write(&Event {
+                wall_time: now(),
+                step: step as i64,
+                file_version: None,
+                summary: Some(Summary {
+                    value: vec![SummaryValue {
+                        tag: STEP_LOSS.into(),
+                        simple_value: Some(loss as f32),
+                        metadata: None,
+                    }],
+                }),
+            })?;
+        }
+        Ok(())
     }
 
     /// One record, written whole and flushed: a reader never waits on a half-written one, and

@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub memory_budget: Option<usize>,
     /// Train even when the memory estimate exceeds the budget.
     pub force: bool,
+    /// Log the training loss to TensorBoard every this many steps (0: per epoch only).
+    pub log_every: usize,
 }
 
 impl RunOptions {
@@ -59,9 +61,13 @@ impl RunOptions {
             stop_after_steps: None,
             memory_budget: None,
             force: false,
+            log_every: DEFAULT_LOG_EVERY,
         }
     }
 }
+
+/// Steps between two training losses in TensorBoard, by default.
+pub const DEFAULT_LOG_EVERY: usize = 50;
 
 /// What a finished run returns.
 #[derive(Debug, Clone)]
@@ -144,6 +150,8 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
             stop: &opts.stop,
             left: opts.stop_after_steps.map(|n| n.saturating_sub(invocation_steps)),
             taken: 0,
+            log_every: opts.log_every,
+            losses: Vec::new(),
         };
         let lr = schedule::learning_rate(config.learning_rate, config.dataset_train, config.code, epoch);
         let epoch_start = Instant::now();
@@ -163,6 +171,7 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
         )?;
         model = trained;
         invocation_steps += steps.taken;
+        invocation.events.step_losses(&steps.losses)?;
         let train_totals = match outcome {
             EpochOutcome::Finished(totals) => totals,
             EpochOutcome::Stopped(part) => {
@@ -485,6 +494,9 @@ struct StepBudget<'a> {
     stop: &'a StopFlag,
     left: Option<usize>,
     taken: usize,
+    /// Every `log_every`-th step's training loss, by step of the run (1-based), for TensorBoard.
+    log_every: usize,
+    losses: Vec<(usize, f64)>,
 }
 
 impl StepBudget<'_> {
@@ -563,6 +575,10 @@ fn train_epoch(
         model = optimizer.step(lr, model, result.grads);
         totals.add_batch(loss_value, result.correct, batch.len());
         budget.taken += 1;
+        let run_step = (epoch - 1) * loader.num_batches() + step + 1;
+        if budget.log_every > 0 && run_step.is_multiple_of(budget.log_every) {
+            budget.losses.push((run_step, loss_value));
+        }
         if invocation_images == 0 && devices.on_gpu() {
             report_slow_first_step(&progress, step_start.elapsed().as_secs_f64());
         }
