@@ -40,11 +40,6 @@ impl ParamCount {
             self.noise
         )
     }
-
-    /// Regular parameters the optimiser updates.
-    pub fn trainable(&self) -> usize {
-        self.regular - self.frozen
-    }
 }
 
 #[derive(Default)]

@@ -30,6 +30,9 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 
+use super::activation::ActivationFn;
+use super::activation::act::Sigmoid;
+use super::cpu::buffer::par_filled;
 use super::cpu::flex_tensor::{contiguous, dims, tensor, values};
 use super::cpu::matmul::{Mat, matmul_threaded_acc, threaded_product};
 
@@ -110,17 +113,18 @@ impl Operands<'_> {
     fn maps(&self, c: usize, m0: usize, rows: usize, xc: &[f32]) -> Vec<f32> {
         let Sizes { m, p, .. } = self.s;
         let np = self.s.np();
-        let mut z = vec![0f32; rows * np];
-        z.par_chunks_mut(np).enumerate().for_each(|(j, row)| {
-            let mask = c * m + m0 + j;
-            let (a, shift) = (self.scale[mask], &self.shift[mask * p..][..p]);
-            for (zi, xi) in row.chunks_mut(p).zip(xc.chunks(p)) {
-                for ((z, &x), &t) in zi.iter_mut().zip(xi).zip(shift) {
-                    *z = 1.0 / (1.0 + (-(a * x + t)).exp());
+        // SAFETY: every value of each mask's row is written.
+        unsafe {
+            par_filled(rows * np, np, |j, row| {
+                let mask = c * m + m0 + j;
+                let (a, shift) = (self.scale[mask], &self.shift[mask * p..][..p]);
+                for (zi, xi) in row.chunks_mut(p).zip(xc.chunks(p)) {
+                    for ((z, &x), &t) in zi.iter_mut().zip(xi).zip(shift) {
+                        z.write(Sigmoid::apply(a * x + t));
+                    }
                 }
-            }
-        });
-        z
+            })
+        }
     }
 
     /// The weights of channel c's outputs for masks `m0..`, as an Og x rows matrix.
@@ -242,7 +246,8 @@ fn backward(op: &Operands, grad: &[f32]) -> Grads {
                 .for_each(|((du, z), (dscale, dshift))| {
                     let mut ds = 0f32;
                     for ((du, &z), &x) in du.iter_mut().zip(z).zip(&xc) {
-                        *du *= z * (1.0 - z);
+                        // The sigmoid's derivative needs only its output.
+                        *du *= Sigmoid::derivative(f32::NAN, z);
                         ds += *du * x;
                     }
                     *dscale = ds;

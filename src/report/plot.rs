@@ -137,6 +137,17 @@ pub fn mean_per_epoch(
     runs: &[&RecordedRun],
     metric: fn(&crate::train::metrics::EpochRecord) -> f64,
 ) -> Vec<(f64, f64, Option<f64>)> {
+    stats_per_epoch(runs, metric)
+        .into_iter()
+        .map(|(epoch, s)| (epoch as f64, s.mean, s.std))
+        .collect()
+}
+
+/// `metric` over the runs at each epoch any of them reached, in epoch order.
+pub fn stats_per_epoch(
+    runs: &[&RecordedRun],
+    metric: fn(&crate::train::metrics::EpochRecord) -> f64,
+) -> Vec<(usize, Stat)> {
     let mut by_epoch: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for run in runs {
         for r in &run.history {
@@ -145,10 +156,7 @@ pub fn mean_per_epoch(
     }
     by_epoch
         .into_iter()
-        .map(|(epoch, values)| {
-            let s = Stat::of(&values);
-            (epoch as f64, s.mean, s.std)
-        })
+        .map(|(epoch, values)| (epoch, Stat::of(&values)))
         .collect()
 }
 

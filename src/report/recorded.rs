@@ -130,3 +130,12 @@ fn collect(path: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
     }
     Ok(())
 }
+
+/// The distinct provenance lines (build, machine, backend) of `runs`, sorted: what a report's
+/// "Measured with" lists.
+pub fn provenance_lines(runs: &[&RecordedRun]) -> Vec<String> {
+    let mut lines: Vec<String> = runs.iter().map(|r| r.summary.provenance.line()).collect();
+    lines.sort();
+    lines.dedup();
+    lines
+}

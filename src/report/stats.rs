@@ -68,12 +68,16 @@ impl Stat {
     /// The 95% confidence interval of the mean: mean ± t(0.975, n - 1) · s / √n. `None` for a
     /// single value, whose spread is unknown.
     pub fn ci95(&self) -> Option<Interval> {
-        let s = self.std?;
-        let half = t_975((self.n - 1) as f64) * s / (self.n as f64).sqrt();
+        let half = self.ci95_half_width()?;
         Some(Interval {
             low: self.mean - half,
             high: self.mean + half,
         })
+    }
+
+    /// t(0.975, n - 1) · s / √n: how far the 95% interval reaches on either side of the mean.
+    pub fn ci95_half_width(&self) -> Option<f64> {
+        Some(t_975((self.n - 1) as f64) * self.std? / (self.n as f64).sqrt())
     }
 
     /// `85.12 ± 0.34`, or `85.12` for one value, with `decimals` digits.

@@ -11,13 +11,14 @@ pub mod reproduce;
 pub mod runner;
 pub mod summary;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::report::flags::{flag, non_default_args};
+use crate::report::recorded::provenance_lines;
 use crate::report::table::compare_csv;
 use crate::report::{RecordedRun, plot};
 use crate::train::files::write_atomic;
@@ -156,10 +157,7 @@ fn report(opts: &SweepOptions, plan: &[(Point, Vec<PlannedRun>)]) -> Result<Vec<
         md.push_str(&summary::contrasts_markdown(&contrasts));
     }
     md.push_str(&format!("\n{}\n\nMeasured with:\n", summary::METHOD_NOTE));
-    let mut provenance: Vec<String> = all.iter().map(|r| r.summary.provenance.line()).collect();
-    provenance.sort();
-    provenance.dedup();
-    for line in provenance {
+    for line in provenance_lines(&all) {
         md.push_str(&format!("- {line}\n"));
     }
 
@@ -173,12 +171,8 @@ fn report(opts: &SweepOptions, plan: &[(Point, Vec<PlannedRun>)]) -> Result<Vec<
     write_atomic(&runs_csv, &compare_csv(&owned)?)?;
     written.push(runs_csv);
     let figure = summary::curves_figure("Sweep: mean test accuracy per configuration", &groups);
-    written.extend(plot::save(&figure, &figures_dir(&opts.out).join("curves"), &all)?);
+    written.extend(plot::save(&figure, &opts.out.join("figures").join("curves"), &all)?);
     Ok(written)
-}
-
-fn figures_dir(out: &Path) -> PathBuf {
-    out.join("figures")
 }
 
 /// The base configuration's flags that differ from the defaults, less the grid's and the seed.

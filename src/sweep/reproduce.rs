@@ -20,7 +20,7 @@ pub use super::runner::{RunStatus, run_status};
 use super::summary::{self, Contrast, SeedGroup};
 use crate::config::{Config, TrainArgs};
 use crate::report::plot;
-use crate::report::recorded::RecordedRun;
+use crate::report::recorded::{RecordedRun, provenance_lines};
 use crate::report::stats::Stat;
 use crate::report::table::{compare_csv, markdown_table, thousands};
 use crate::train::files::write_atomic;
@@ -432,9 +432,7 @@ struct CsvRow<'a> {
 fn write_report(opts: &ReproduceOptions, experiments: &[Experiment]) -> Result<Vec<PathBuf>> {
     let rows = table_rows(&opts.out, experiments, opts.budget.seeds)?;
     let all_runs: Vec<&RecordedRun> = rows.iter().flat_map(|(_, runs)| runs.iter()).collect();
-    let mut provenance: Vec<String> = all_runs.iter().map(|r| r.summary.provenance.line()).collect();
-    provenance.sort();
-    provenance.dedup();
+    let provenance = provenance_lines(&all_runs);
     let wall: f64 = all_runs.iter().map(|r| r.summary.wall_seconds).sum();
     let table: Vec<TableRow> = rows.iter().map(|(row, _)| row.clone()).collect();
     let groups: Vec<(usize, SeedGroup)> = rows

@@ -169,16 +169,11 @@ fn execute_in_turn(todo: &[&PlannedRun], ex: &Execution) -> Result<()> {
         train::train(
             &run.config,
             RunOptions {
-                save: Some(run.dir.clone()),
-                logs: None,
                 resume,
                 backend: ex.backend.clone(),
                 verbose: ex.verbose,
                 stop: ex.stop.clone(),
-                stop_after_steps: None,
-                memory_budget: None,
-                force: false,
-                log_every: crate::train::trainer::DEFAULT_LOG_EVERY,
+                ..RunOptions::quiet(Some(run.dir.clone()))
             },
         )
         .with_context(|| format!("{} (run folder {})", run.name, run.dir.display()))?;

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::report::figure::{Axes, Curve, Figure};
 use crate::report::plot;
 use crate::report::recorded::RecordedRun;
-use crate::report::stats::{Difference, Stat, t_975};
+use crate::report::stats::{Difference, Stat};
 use crate::report::table::markdown_table;
 use crate::train::files::write_atomic;
 use crate::train::metrics::EpochRecord;
@@ -295,16 +295,8 @@ pub fn curves_figure(title: &str, groups: &[SeedGroup]) -> Figure {
 /// Mean of `metric` at each epoch, with the half-width of its 95% interval across runs.
 pub fn mean_with_band(runs: &[RecordedRun], metric: fn(&EpochRecord) -> f64) -> Vec<(f64, f64, Option<f64>)> {
     let refs: Vec<&RecordedRun> = runs.iter().collect();
-    plot::mean_per_epoch(&refs, metric)
+    plot::stats_per_epoch(&refs, metric)
         .into_iter()
-        .map(|(epoch, mean, _)| {
-            let values: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.history.iter().find(|e| e.epoch as f64 == epoch).map(metric))
-                .collect();
-            let s = Stat::of(&values);
-            let half = s.std.map(|sd| t_975((s.n - 1) as f64) * sd / (s.n as f64).sqrt());
-            (epoch, mean, half)
-        })
+        .map(|(epoch, s)| (epoch as f64, s.mean, s.ci95_half_width()))
         .collect()
 }
