@@ -71,7 +71,7 @@ impl Sizes {
         let m = scale[1];
         assert_eq!(scale[0], c, "perturb_norm: scale has {} channels, x {c}", scale[0]);
         assert!(
-            weight[0] % c == 0 && weight[1] == m,
+            weight[0].is_multiple_of(c) && weight[1] == m,
             "perturb_norm: weight {weight:?} for {c} channels of {m} masks"
         );
         Self {

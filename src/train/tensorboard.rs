@@ -100,8 +100,11 @@ enum Kind {
     Bool(bool),
 }
 
+/// A per-epoch value of a run's metrics.
+type Metric = fn(&EpochRecord) -> f64;
+
 /// The per-epoch scalars, by TensorBoard tag.
-pub const SCALARS: [(&str, fn(&EpochRecord) -> f64); 7] = [
+pub const SCALARS: [(&str, Metric); 7] = [
     ("accuracy/test_correct", |r| r.test_acc),
     ("accuracy/test_reported_by_original_code", |r| r.test_acc_reported),
     ("accuracy/train", |r| r.train_acc),
