@@ -19,6 +19,8 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod eval;
+pub mod interop;
 pub mod layer;
 pub mod models;
 pub mod ops;

@@ -80,6 +80,17 @@ enum Command {
         #[arg(long)]
         csv: Option<PathBuf>,
     },
+    /// Score a checkpoint (pnn's, or an imported one) on a test set: the correct accuracy, the
+    /// one the original code would have reported, per-class accuracy and the confusion matrix
+    /// (printed, and written as CSV, JSON and a figure); or run it on images given in a file.
+    Eval(pnn::eval::cli::EvalArgs),
+    /// Write a checkpoint's model as safetensors under the reference's state_dict names, which
+    /// the reference's models.py loads with load_state_dict.
+    Export(pnn::interop::cli::ExportArgs),
+    /// Read a PyTorch checkpoint of the reference's models (a state_dict, or a whole model saved
+    /// by its main.py) into a pnn checkpoint, without running any pickled code. Give the flags
+    /// the model was built with.
+    Import(pnn::interop::cli::ImportArgs),
     /// Fit a perturbation layer to a convolution (random, or a layer of a resnet18 checkpoint)
     /// on 1, N, ... training images, beside a plain 1x1 convolution and the convolution's own
     /// size, and score every fit on held-out images: can the noise stand in for the kernel?
@@ -284,6 +295,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("wrote {}", path.display());
             }
         }
+        Command::Eval(args) => {
+            for path in pnn::eval::cli::run(&args)? {
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Export(args) => {
+            pnn::interop::cli::run_export(&args)?;
+        }
+        Command::Import(args) => pnn::interop::cli::run_import(&args)?,
         Command::FitConv(args) => {
             if let Some(dir) = &args.redraw {
                 let record = pnn::theory::fit_report::read_back(dir)?;

@@ -249,7 +249,7 @@ fn whole_number(x: f64) -> String {
     }
 }
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The bundled font is a valid TrueType file; a failure here is a packaging bug.

@@ -49,6 +49,16 @@ pub struct TrainState {
     /// SHA-256 (hex) of the checkpoint's tensor files, by file name; filled in by [`save`].
     #[serde(default)]
     pub sha256: BTreeMap<String, String>,
+    /// The PyTorch file whose weights `pnn import` put in this checkpoint, with its SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<ImportedFrom>,
+}
+
+/// Where an imported checkpoint's weights came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportedFrom {
+    pub file: String,
+    pub sha256: String,
 }
 
 impl TrainState {
@@ -64,6 +74,7 @@ impl TrainState {
             reported: ReportedAccuracy::default(),
             wall_seconds: 0.0,
             sha256: Default::default(),
+            imported_from: None,
         }
     }
 }
@@ -195,7 +206,43 @@ pub fn load_model(dir: &Path, model: Net) -> Result<Net> {
         .map_err(|e| anyhow::anyhow!("the model in {} does not fit this configuration ({e})", dir.display()))
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+/// The checkpoint a path names: a checkpoint folder, or a run folder's `checkpoint-last`.
+pub fn resolve(path: &Path) -> Result<std::path::PathBuf> {
+    if path.join(STATE_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let last = path.join("checkpoint-last");
+    if last.join(STATE_FILE).is_file() {
+        return Ok(last);
+    }
+    if !path.exists() {
+        bail!(
+            "{} does not exist: give a checkpoint folder or a run folder",
+            path.display()
+        );
+    }
+    bail!(
+        "{} is neither a pnn checkpoint (no {STATE_FILE}) nor a run folder with a checkpoint-last: \
+         give results/<run> or results/<run>/checkpoint-best",
+        path.display()
+    )
+}
+
+/// A checkpoint's checked state and its model, built on `device` for the geometry of the data
+/// set it was trained on (an image folder is read to learn it).
+pub fn open(dir: &Path, device: &burn::tensor::Device) -> Result<(TrainState, Net)> {
+    let state = load_state(dir)?;
+    let geometry = match crate::models::Geometry::of(&state.config) {
+        Ok(g) => g,
+        Err(_) => crate::models::Geometry::of_set(&crate::data::load(&state.config)?.train)?,
+    };
+    let model = crate::models::build_for(&state.config, geometry, device)?;
+    let model = load_model(dir, model)?;
+    Ok((state, model))
+}
+
+/// SHA-256 (hex) of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
