@@ -1,6 +1,7 @@
 //! `pnn import`: a PyTorch checkpoint of the reference's models into a pnn model. Both files the
 //! reference writes are read: a `state_dict` and the whole model (`torch.save(model)`, as its
-//! main.py saves every epoch). burn's reader parses the pickle without running any of it.
+//! main.py saves every epoch); burn's reader parses the pickle without running any of it. A
+//! safetensors file of the reference's names (as `pnn export` writes) is read too.
 //!
 //! Every key is accounted for: a tensor the model needs and the file lacks, a key the model has
 //! no place for, a shape that differs, are each refused with the key named.
@@ -23,9 +24,96 @@ const WRAPPERS: [&str; 3] = ["module.", "state_dict.", "model."];
 /// Keys to list per kind of problem before "and N more".
 const LISTED: usize = 8;
 
-/// A PyTorch file's float tensors by key (wrapper prefixes removed).
+/// A checkpoint's tensors by key (wrapper prefixes removed): a PyTorch file, or a safetensors
+/// file such as `pnn export` writes.
 pub struct TorchFile {
-    tensors: HashMap<String, pytorch_reader::Tensor>,
+    tensors: HashMap<String, Stored>,
+}
+
+/// One tensor of a file: where its bytes are and how they are encoded.
+enum Stored {
+    /// Read from the file when asked for.
+    Pth(pytorch_reader::Tensor),
+    /// A safetensors tensor, in memory.
+    Raw {
+        element: Element,
+        shape: Vec<usize>,
+        bytes: Vec<u8>,
+    },
+}
+
+/// The element types a weight may come in; anything else is named in the error.
+#[derive(Debug, Clone, PartialEq)]
+enum Element {
+    F32,
+    F64,
+    F16,
+    BF16,
+    Other(String),
+}
+
+impl Stored {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Stored::Pth(t) => t.shape(),
+            Stored::Raw { shape, .. } => shape,
+        }
+    }
+
+    fn element(&self) -> Element {
+        match self {
+            Stored::Pth(t) => match t.dtype() {
+                DType::F32 => Element::F32,
+                DType::F64 => Element::F64,
+                DType::F16 => Element::F16,
+                DType::BF16 => Element::BF16,
+                other => Element::Other(format!("{other:?}")),
+            },
+            Stored::Raw { element, .. } => element.clone(),
+        }
+    }
+
+    fn bytes(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Stored::Pth(t) => t.read(),
+            Stored::Raw { bytes, .. } => Ok(bytes.clone()),
+        }
+    }
+}
+
+/// Whether a file opens as safetensors does: a little-endian u64 header length, then `{`.
+fn is_safetensors(path: &Path) -> bool {
+    let mut head = [0u8; 9];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && head[8] == b'{'
+        && u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) < 100_000_000
+}
+
+fn read_safetensors(path: &Path) -> Result<HashMap<String, Stored>> {
+    let data = std::fs::read(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let file = safetensors::SafeTensors::deserialize(&data)
+        .map_err(|e| anyhow!("{} is a damaged safetensors file ({e})", path.display()))?;
+    Ok(file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let element = match view.dtype() {
+                safetensors::Dtype::F32 => Element::F32,
+                safetensors::Dtype::F64 => Element::F64,
+                safetensors::Dtype::F16 => Element::F16,
+                safetensors::Dtype::BF16 => Element::BF16,
+                other => Element::Other(format!("{other:?}")),
+            };
+            let stored = Stored::Raw {
+                element,
+                shape: view.shape().to_vec(),
+                bytes: view.data().to_vec(),
+            };
+            (name, stored)
+        })
+        .collect())
 }
 
 impl TorchFile {
@@ -33,14 +121,22 @@ impl TorchFile {
         if !path.is_file() {
             bail!("{} does not exist or is not a file", path.display());
         }
-        let reader = PytorchReader::new(path).map_err(|e| {
-            anyhow!(
-                "{} is not a PyTorch checkpoint pnn can read ({e}): give a file written by torch.save \
-                 (a state_dict or a whole model)",
-                path.display()
-            )
-        })?;
-        let mut tensors = reader.into_tensors();
+        let mut tensors = if is_safetensors(path) {
+            read_safetensors(path)?
+        } else {
+            let reader = PytorchReader::new(path).map_err(|e| {
+                anyhow!(
+                    "{} is not a PyTorch checkpoint pnn can read ({e}): give a file written by torch.save \
+                     (a state_dict or a whole model) or a safetensors file",
+                    path.display()
+                )
+            })?;
+            reader
+                .into_tensors()
+                .into_iter()
+                .map(|(k, t)| (k, Stored::Pth(t)))
+                .collect()
+        };
         if tensors.is_empty() {
             bail!("{} holds no tensors: it is not a model's checkpoint", path.display());
         }
@@ -68,31 +164,31 @@ impl TorchFile {
     /// The key's values as float32.
     fn read(&self, key: &str, path: &Path) -> Result<Vec<f32>> {
         let tensor = &self.tensors[key];
-        let bytes = tensor.read().map_err(|e| {
+        let bytes = tensor.bytes().map_err(|e| {
             anyhow!(
                 "{}: cannot read {key} (the file is damaged or truncated): {e}",
                 path.display()
             )
         })?;
-        Ok(match tensor.dtype() {
-            DType::F32 => bytes
+        Ok(match tensor.element() {
+            Element::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
-            DType::F64 => bytes
+            Element::F64 => bytes
                 .chunks_exact(8)
                 .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
                 .collect(),
-            DType::F16 => bytes
+            Element::F16 => bytes
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
-            DType::BF16 => bytes
+            Element::BF16 => bytes
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
-            other => bail!(
-                "{}: {key} holds {other:?} values, not floating point: it is not a weight of this model",
+            Element::Other(name) => bail!(
+                "{}: {key} holds {name} values, not floating point: it is not a weight of this model",
                 path.display()
             ),
         })
