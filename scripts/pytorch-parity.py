@@ -41,6 +41,12 @@ Run the check against a pnn binary:
 It prints a table (case, source file, direction, max abs diff, accuracy pnn /
 torch, pass/FAIL) and exits 1 if any check failed.
 
+Score a trained pnn checkpoint in the reference (export, load strictly, the
+whole test set pnn evaluates, fed to both):
+
+    python scripts/pytorch-parity.py trained --checkpoint results/<run> \
+        --reproduction REPRO_CHECKOUT --update UPDATE_CHECKOUT
+
 `scripts/pytorch-parity.sh` makes a virtual environment, clones the two
 references at pinned commits and runs the check.
 
@@ -131,6 +137,11 @@ CASES = [
                                          nmasks=1, level=0.1, filter_size=0, first_filter_size=0, unique_masks=True),
          "the update's perturb_resnet18 (its README's command, small): PerturbLayerFirst with nfilters*5 masks, "
          "20x noise, sigmoid, BatchNorm before the 1x1 convolution, then a 1x1 conv + BN + act stem"),
+    Case("perturb_resnet18_update_prelu", dict(net_type="perturb_resnet18", code="update", dataset="CIFAR10",
+                                               nfilters=1, nmasks=1, level=0.1, filter_size=3, first_filter_size=0,
+                                               act="prelu", manual_seed=4),
+         "the update's first layer with --act prelu (the model-level act after its 1x1 conv + BN, registered "
+         "twice) and 3x3 convolutions in the blocks"),
     Case("noiseresnet18_update", dict(net_type="noiseresnet18", code="update", dataset="CIFAR10", nfilters=2,
                                       level=0.1, first_filter_size=3, manual_seed=2),
          "the update's noiseresnet18 (same modules as the reproduction's; its stem is frozen in training); "
@@ -747,6 +758,40 @@ def cmd_check(opts):
     return 1 if failed else 0
 
 
+MODEL_FIELDS = ["net_type", "code", "dataset_train", "dataset_test", "nfilters", "nmasks", "level", "scale_noise",
+                "noise_type", "filter_size", "first_filter_size", "act", "pool_type", "dropout", "manual_seed",
+                "unique_masks", "use_act", "train_masks", "mix_maps", "debug"]
+
+
+def cmd_trained(opts):
+    """A trained pnn checkpoint, exported, in the reference: the whole test set's accuracy and logits."""
+    refs = {"reproduction": Reference("reproduction", opts.reproduction), "update": Reference("update", opts.update)}
+    pnn = Pnn(Path(opts.pnn).resolve(), opts.verbose, shlex.split(opts.extra_eval_args or ""))
+    ckpt = Path(opts.checkpoint)
+    if not (ckpt / "state.json").exists():
+        ckpt = ckpt / "checkpoint-last"
+    config = json.loads((ckpt / "state.json").read_text())["config"]
+    a = argparse.Namespace(**{k: config.get(k, False) for k in MODEL_FIELDS})
+    ref = refs[a.code]
+    ref.activate()
+    with tempfile.TemporaryDirectory(prefix="pnn-parity-") as tmp:
+        exported, outputs = Path(tmp) / "export.safetensors", Path(tmp) / "outputs.safetensors"
+        pnn.run("export", ckpt, "--format", "safetensors", "--out", exported)
+        args = ["--save-outputs", outputs] + (["--dataroot", opts.dataroot] if opts.dataroot else [])
+        pnn.eval(ckpt, *args)
+        model = load_reference_state(ref.build(a), load_file(str(exported)))
+        data = load_file(str(outputs))
+    x, labels, got = data["inputs"].float(), data["labels"].long(), data["logits"].float()
+    ref_logits = torch.cat([logits_of(model, chunk) for chunk in x.split(500)])
+    acc_pnn = 100.0 * (got.argmax(1) == labels).float().mean().item()
+    acc_torch = 100.0 * (ref_logits.argmax(1) == labels).float().mean().item()
+    diff = max_abs(got, ref_logits)
+    disagree = (got.argmax(1) != ref_logits.argmax(1)).sum().item()
+    print(f"{ckpt}: {len(labels)} test images; accuracy pnn {acc_pnn:.2f}, {a.code}'s models.py {acc_torch:.2f}; "
+          f"logits max abs diff {diff:.2e}; {disagree} predictions differ")
+    return 0 if diff <= opts.atol and disagree == 0 else 1
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -776,10 +821,23 @@ def main():
     c.add_argument("--extra-eval-args", help="more arguments for every `pnn eval`, e.g. '--device cpu'")
     c.add_argument("-v", "--verbose", action="store_true", help="print the pnn commands")
 
+    t = sub.add_parser("trained", help="a trained pnn checkpoint, exported, scored by the reference's models.py "
+                                        "on the whole test set pnn evaluates")
+    t.add_argument("--checkpoint", required=True, help="a pnn checkpoint folder or run folder")
+    t.add_argument("--pnn", default="target/release/pnn", help="the pnn binary")
+    t.add_argument("--reproduction", required=True, help="checkout of michaelklachko/pnn.pytorch")
+    t.add_argument("--update", required=True, help="checkout of juefeix/pnn.pytorch.update")
+    t.add_argument("--dataroot", help="pnn eval's --dataroot (default: the checkpoint's)")
+    t.add_argument("--atol", type=float, default=1e-4)
+    t.add_argument("--extra-eval-args", help="more arguments for `pnn eval`, e.g. '--device cpu'")
+    t.add_argument("-v", "--verbose", action="store_true")
+
     opts = p.parse_args()
     if opts.command == "fixtures":
         cmd_fixtures(opts)
         return 0
+    if opts.command == "trained":
+        return cmd_trained(opts)
     return cmd_check(opts)
 
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::report::figure::register_font;
 use crate::train::files::write_atomic;
@@ -104,6 +105,9 @@ impl Confusion {
     /// Draws the matrix, each row shaded by the share of its class's images, as PNG and SVG
     /// (each written atomically); returns the files written.
     pub fn draw(&self, stem: &Path, title: &str) -> Result<Vec<PathBuf>> {
+        if self.classes() < 2 {
+            return Ok(Vec::new());
+        }
         register_font();
         let side = (self.classes() as u32 * 48 + 160).clamp(480, 1600);
         let mut pixels = vec![0u8; (side * side * 3) as usize];
@@ -133,53 +137,56 @@ impl Confusion {
         let n = self.classes();
         let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
         root.fill(&WHITE).map_err(err)?;
+        // One segment per class (a segmented 0..n-1 has n); rows drawn top-down: true class t
+        // sits at y = n - 1 - t.
         let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(48)
-            .build_cartesian_2d(0f64..n as f64, n as f64..0f64)
+            .build_cartesian_2d((0..n - 1).into_segmented(), (0..n - 1).into_segmented())
             .map_err(err)?;
-        let labels = n <= 20;
+        let every = n.div_ceil(20);
+        let label = |v: &SegmentValue<usize>, flip: bool| match v {
+            SegmentValue::CenterOf(i) if *i < n && i % every == 0 => {
+                (if flip { n - 1 - i } else { *i }).to_string()
+            }
+            _ => String::new(),
+        };
         chart
             .configure_mesh()
             .disable_mesh()
             .x_desc("predicted class")
             .y_desc("true class")
-            .x_labels(if labels { n + 1 } else { 5 })
-            .y_labels(if labels { n + 1 } else { 5 })
-            .x_label_formatter(&|v| format!("{}", v.floor() as usize))
-            .y_label_formatter(&|v| format!("{}", v.floor() as usize))
+            .x_labels(n)
+            .y_labels(n)
+            .x_label_formatter(&|v| label(v, false))
+            .y_label_formatter(&|v| label(v, true))
             .draw()
             .map_err(err)?;
-        let cells = self.counts.iter().enumerate().flat_map(|(t, row)| {
-            let support = row.iter().sum::<usize>().max(1) as f64;
-            row.iter()
-                .enumerate()
-                .map(move |(p, &count)| (t, p, count as f64 / support))
-        });
+        let cells: Vec<(usize, usize, usize, f64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .flat_map(|(t, row)| {
+                let support = row.iter().sum::<usize>().max(1) as f64;
+                row.iter().enumerate().map(move |(p, &count)| (t, p, count, count as f64 / support))
+            })
+            .collect();
+        let at = |t: usize, p: usize| (SegmentValue::Exact(p), SegmentValue::Exact(n - 1 - t));
+        let next = |t: usize, p: usize| (SegmentValue::Exact(p + 1), SegmentValue::Exact(n - t));
         chart
-            .draw_series(cells.map(|(t, p, share)| {
+            .draw_series(cells.iter().map(|&(t, p, _, share)| {
                 let shade = (255.0 * (1.0 - share)) as u8;
-                Rectangle::new(
-                    [(p as f64, t as f64), (p as f64 + 1.0, t as f64 + 1.0)],
-                    RGBColor(shade, shade, 255).filled(),
-                )
+                Rectangle::new([at(t, p), next(t, p)], RGBColor(shade, shade, 255).filled())
             }))
             .map_err(err)?;
-        if labels {
-            let text = self
-                .counts
-                .iter()
-                .enumerate()
-                .flat_map(|(t, row)| row.iter().enumerate().map(move |(p, &count)| (t, p, count)));
+        if n <= 20 {
             chart
-                .draw_series(text.map(|(t, p, count)| {
-                    Text::new(
-                        count.to_string(),
-                        (p as f64 + 0.3, t as f64 + 0.4),
-                        ("sans-serif", 12).into_font(),
-                    )
+                .draw_series(cells.iter().map(|&(t, p, count, share)| {
+                    let colour = if share > 0.5 { WHITE } else { BLACK };
+                    let style = ("sans-serif", 12).into_font().color(&colour).pos(Pos::new(HPos::Center, VPos::Center));
+                    Text::new(count.to_string(), (SegmentValue::CenterOf(p), SegmentValue::CenterOf(n - 1 - t)), style)
                 }))
                 .map_err(err)?;
         }

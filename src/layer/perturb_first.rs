@@ -5,7 +5,7 @@
 //! are normalised by BatchNorm *before* the activation (a sigmoid, whatever `--act` says), and
 //! a 1x1 convolution grouped by input channel brings them to 3 x nfilters maps, then BatchNorm
 //! and sigmoid again. The model follows it with a 1x1 convolution to nfilters, BatchNorm and
-//! ReLU. With a first filter size above 0 the update's layer is a plain convolution to
+//! its `--act`. With a first filter size above 0 the update's layer is a plain convolution to
 //! 3 x nfilters maps with BatchNorm and sigmoid, which `PerturbLayer` already is.
 
 use burn::module::{Module, Param};
@@ -13,6 +13,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
+use super::activation::Activation;
 use super::batchnorm::BatchNorm;
 use super::conv::{self, ConvSpec};
 use super::norm_conv::ConvBn;
@@ -50,12 +51,14 @@ pub enum PerturbFirstLayer {
 }
 
 /// The update's first block: `PerturbLayerFirst`, MaxPool(3, 2, 1) after a 7x7 first layer,
-/// then 1x1 convolution (no bias), BatchNorm, ReLU.
+/// then 1x1 convolution (no bias), BatchNorm and the model's `--act`.
 #[derive(Module, Debug)]
 pub struct PerturbFirst {
     pub layer: PerturbFirstLayer,
     pub pool: Option<Pool>,
     pub reduce: ConvBn,
+    /// The update's model-level `act` module, used only here.
+    pub act: Activation,
 }
 
 impl PerturbFirst {
@@ -97,6 +100,7 @@ impl PerturbFirst {
             layer,
             pool: (spec.filter_size == 7).then(|| Pool::new(PoolType::Max, 3, 2, 1)),
             reduce: ConvBn::new(ConvSpec::new(wide, nfilters, 1).bias(false), device),
+            act: Activation::new(spec.act, device),
         }
     }
 
@@ -109,7 +113,11 @@ impl PerturbFirst {
             Some(pool) => pool.forward(y),
             None => y,
         };
-        self.reduce.forward_relu(y)
+        match self.act.kind {
+            // BatchNorm and ReLU in one pass where the CPU kernel runs.
+            Act::Relu => self.reduce.forward_relu(y),
+            _ => self.act.forward(self.reduce.forward(y)),
+        }
     }
 }
 
