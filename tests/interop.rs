@@ -385,3 +385,75 @@ fn eval_agrees_with_the_training_loop() {
     }
     assert!(text(&out).contains("confusion matrix"), "{}", text(&out));
 }
+
+/// Damaged files, cut short or with bytes changed anywhere, are refused or read, but never
+/// make the reader panic.
+#[test]
+fn damaged_checkpoints_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let case = fixtures().join("lenet");
+    let lenet_flags = flags(&case);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(27);
+    let mut refused = 0;
+    for file in ["state_dict.pth", "model.pth"] {
+        let whole = std::fs::read(case.join(file)).unwrap();
+        let mut variants: Vec<Vec<u8>> = (1..40).map(|k| whole[..whole.len() * k / 40].to_vec()).collect();
+        for _ in 0..80 {
+            let mut bytes = whole.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..bytes.len());
+                bytes[at] = rng.random();
+            }
+            variants.push(bytes);
+        }
+        for (i, bytes) in variants.iter().enumerate() {
+            let path = tmp.path().join(format!("damaged-{i}-{file}"));
+            std::fs::write(&path, bytes).unwrap();
+            let outcome = std::panic::catch_unwind(|| match TorchFile::open(&path) {
+                Err(e) => Err(format!("{e:#}")),
+                Ok(torch) => load_into(fresh(&lenet_flags, 1), &torch, &path)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:#}")),
+            });
+            match outcome {
+                Err(_) => panic!("{} made the reader panic", path.display()),
+                Ok(Err(message)) => {
+                    assert!(message.contains(&format!("damaged-{i}")), "{message}");
+                    refused += 1;
+                }
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+    // Every cut-short file lacks the zip's directory at its end.
+    assert!(refused >= 2 * 39, "only {refused} damaged files were refused");
+}
+
+/// `pnn eval --inputs` refuses images the model cannot take, naming the file.
+#[test]
+fn eval_refuses_inputs_of_another_geometry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = fixtures().join("lenet");
+    let ckpt = tmp.path().join("lenet");
+    let model_pth = case.join("state_dict.pth");
+    let mut args = vec!["import", model_pth.to_str().unwrap(), "--out", ckpt.to_str().unwrap()];
+    let case_flags = flags(&case);
+    args.extend(case_flags.split_whitespace());
+    assert!(pnn(&args).status.success());
+    let cifar_batch = fixtures().join("resnet18/batch.safetensors");
+    let out = pnn(&[
+        "eval",
+        ckpt.to_str().unwrap(),
+        "--inputs",
+        cifar_batch.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!out.status.success());
+    let message = text(&out);
+    assert!(
+        message.contains("batch.safetensors") && message.contains("3x32x32") && message.contains("1x28x28"),
+        "{message}"
+    );
+}

@@ -148,9 +148,7 @@ impl Confusion {
             .map_err(err)?;
         let every = n.div_ceil(20);
         let label = |v: &SegmentValue<usize>, flip: bool| match v {
-            SegmentValue::CenterOf(i) if *i < n && i % every == 0 => {
-                (if flip { n - 1 - i } else { *i }).to_string()
-            }
+            SegmentValue::CenterOf(i) if *i < n && i % every == 0 => (if flip { n - 1 - i } else { *i }).to_string(),
             _ => String::new(),
         };
         chart
@@ -170,7 +168,9 @@ impl Confusion {
             .enumerate()
             .flat_map(|(t, row)| {
                 let support = row.iter().sum::<usize>().max(1) as f64;
-                row.iter().enumerate().map(move |(p, &count)| (t, p, count, count as f64 / support))
+                row.iter()
+                    .enumerate()
+                    .map(move |(p, &count)| (t, p, count, count as f64 / support))
             })
             .collect();
         let at = |t: usize, p: usize| (SegmentValue::Exact(p), SegmentValue::Exact(n - 1 - t));
@@ -185,8 +185,15 @@ impl Confusion {
             chart
                 .draw_series(cells.iter().map(|&(t, p, count, share)| {
                     let colour = if share > 0.5 { WHITE } else { BLACK };
-                    let style = ("sans-serif", 12).into_font().color(&colour).pos(Pos::new(HPos::Center, VPos::Center));
-                    Text::new(count.to_string(), (SegmentValue::CenterOf(p), SegmentValue::CenterOf(n - 1 - t)), style)
+                    let style = ("sans-serif", 12)
+                        .into_font()
+                        .color(&colour)
+                        .pos(Pos::new(HPos::Center, VPos::Center));
+                    Text::new(
+                        count.to_string(),
+                        (SegmentValue::CenterOf(p), SegmentValue::CenterOf(n - 1 - t)),
+                        style,
+                    )
                 }))
                 .map_err(err)?;
         }

@@ -209,7 +209,11 @@ impl Table {
         let reduce = 1 + usize::from(first.pool.is_some());
         self.conv("first.reduce.conv", &first.reduce.conv, &format!("pre_layers.{reduce}"));
         self.batch_norm("first.reduce.bn", &[format!("pre_layers.{}", reduce + 1)]);
-        self.activation("first.act", &first.act, &["act".into(), format!("pre_layers.{}", reduce + 2)]);
+        self.activation(
+            "first.act",
+            &first.act,
+            &["act".into(), format!("pre_layers.{}", reduce + 2)],
+        );
     }
 }
 
