@@ -435,6 +435,12 @@ impl Config {
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
+        if self.nepochs == 0 {
+            bail!(
+                "--nepochs must be at least 1: a run of 0 epochs would train and measure nothing (to score a model \
+                 as it is, train 1 epoch or use `pnn eval` on a checkpoint)"
+            );
+        }
         for (flag, size) in [
             ("--filter_size", self.filter_size),
             ("--first_filter_size", self.first_filter_size),

@@ -495,3 +495,116 @@ fn arithmetic_path() -> String {
         std::env::consts::ARCH.to_string()
     }
 }
+
+/// A run folder belongs to one process: a second `pnn train` on a live run's folder is refused
+/// with the owner named; once the owner is killed, its lock is recognised as stale and the
+/// resumed run takes the folder over (and leaves no lock when it ends).
+#[cfg(unix)]
+#[test]
+fn a_run_folder_is_owned_by_one_process_at_a_time() {
+    use std::io::{BufRead, BufReader};
+
+    let data = tempfile::tempdir().unwrap();
+    write_tiny_mnist(data.path(), 200, 50);
+    let runs = tempfile::tempdir().unwrap();
+    let save = runs.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pnn"));
+        c.arg("train")
+            .args(TINY_LENET)
+            .arg("--dataroot")
+            .arg(data.path())
+            .args(extra);
+        c
+    };
+    let mut owner = train(&["--nepochs", "1000", "--save", save.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(owner.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Epoch 1/1000") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the run ended before its first epoch line"
+        );
+    }
+    assert!(save.join("pnn.lock").is_file());
+    let checkpoint = save.join("checkpoint-last");
+    // The epoch's line comes before its checkpoint.
+    let waited = std::time::Instant::now();
+    while !checkpoint.join("state.json").is_file() {
+        assert!(waited.elapsed().as_secs() < 120, "no checkpoint after the first epoch");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let resume = ["--nepochs", "3", "--resume", checkpoint.to_str().unwrap()];
+    let second = train(&resume).output().unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "a second process trained in a live run's folder"
+    );
+    assert!(
+        said.contains("in use by another pnn process") && said.contains(&format!("pid {}", owner.id())),
+        "{said}"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-KILL", &owner.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    owner.wait().unwrap();
+    assert!(save.join("pnn.lock").is_file(), "SIGKILL leaves the lock behind");
+
+    let third = train(&resume).output().unwrap();
+    let said = String::from_utf8_lossy(&third.stdout);
+    assert!(third.status.success(), "{}", String::from_utf8_lossy(&third.stderr));
+    assert!(said.contains("no longer running: taking it over"), "{said}");
+    assert!(!save.join("pnn.lock").exists(), "a finished run leaves no lock");
+}
+
+/// `--nepochs 0` is refused before anything is written: every run folder has its epochs.
+#[test]
+fn a_run_of_no_epochs_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    write_tiny_mnist(data.path(), 20, 10);
+    let runs = tempfile::tempdir().unwrap();
+    let save = runs.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_pnn"))
+        .args(["train", "--nepochs", "0"])
+        .args(TINY_LENET)
+        .arg("--dataroot")
+        .arg(data.path())
+        .arg("--save")
+        .arg(&save)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("--nepochs must be at least 1"), "{said}");
+    assert!(!save.exists(), "a refused run left a folder");
+}
+
+/// A process killed between the two renames that replace a checkpoint folder leaves the
+/// previous checkpoint beside it: reading the checkpoint puts it back.
+#[test]
+fn a_checkpoint_caught_mid_replacement_is_put_back() {
+    let _turn = one_at_a_time();
+    let data = tempfile::tempdir().unwrap();
+    write_tiny_mnist(data.path(), 64, 16);
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("run");
+    let cfg = config(data.path(), 1, &[]);
+    train::train(&cfg, options(&run, None, None)).unwrap();
+    let last = run.join("checkpoint-last");
+    // What replace_dir_atomic leaves when killed after its first rename.
+    let aside = run.join(".checkpoint-last.old-4242");
+    std::fs::rename(&last, &aside).unwrap();
+    let state = checkpoint::load_state(&last).expect("the previous checkpoint is put back");
+    assert_eq!(state.epochs_done, 1);
+    assert!(last.join("state.json").is_file() && !aside.exists());
+}

@@ -57,7 +57,7 @@ pub fn run_status(dir: &Path, config: &Config) -> Result<RunStatus> {
         }
     }
     let last = dir.join("checkpoint-last");
-    if last.is_dir() {
+    if last.is_dir() || crate::train::files::recover_replaced_dir(&last).is_ok_and(|r| r.is_some()) {
         let state = checkpoint::load_state(&last)?;
         let mismatches = config.resume_mismatches(&state.config);
         if !mismatches.is_empty() {

@@ -117,6 +117,13 @@ pub fn save(dir: &Path, model: &Net, optim: &ModuleOptimizer, state: &TrainState
 
 /// Reads and checks `state.json`: its format version and the checksums of the tensor files.
 pub fn load_state(dir: &Path) -> Result<TrainState> {
+    if let Some(old) = super::files::recover_replaced_dir(dir)? {
+        eprintln!(
+            "{} was being replaced when its process was killed: the previous checkpoint ({}) is put back",
+            dir.display(),
+            old.display()
+        );
+    }
     let path = dir.join(STATE_FILE);
     if !path.is_file() && dir.join("checkpoint-last").join(STATE_FILE).is_file() {
         bail!(
@@ -208,6 +215,8 @@ pub fn load_model(dir: &Path, model: Net) -> Result<Net> {
 
 /// The checkpoint a path names: a checkpoint folder, or a run folder's `checkpoint-last`.
 pub fn resolve(path: &Path) -> Result<std::path::PathBuf> {
+    // A run folder whose checkpoint was being replaced when its process was killed.
+    let _ = super::files::recover_replaced_dir(&path.join("checkpoint-last"));
     if path.join(STATE_FILE).is_file() {
         return Ok(path.to_path_buf());
     }

@@ -33,7 +33,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Fills a fresh temporary folder with `fill`, then puts it in place of `dir`: the previous
-/// content of `dir` stays intact until the new one is complete.
+/// content of `dir` stays intact until the new one is complete. Between the two renames `dir`
+/// is absent; a process killed there leaves the previous content beside it, which
+/// [`recover_replaced_dir`] puts back.
 pub fn replace_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temp_path(dir);
     let old = dir.with_file_name(format!(
@@ -55,4 +57,34 @@ pub fn replace_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) ->
     fs::rename(&tmp, dir).with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
     let _ = fs::remove_dir_all(&old);
     Ok(())
+}
+
+/// Puts back the previous content of `dir` when a process was killed while
+/// [`replace_dir_atomic`] replaced it (after moving it aside, before moving the new one in).
+/// Returns the folder it put back, if any.
+pub fn recover_replaced_dir(dir: &Path) -> Result<Option<PathBuf>> {
+    if dir.exists() {
+        return Ok(None);
+    }
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Ok(None);
+    };
+    let prefix = format!(".{}.old-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    }) else {
+        return Ok(None);
+    };
+    let newest = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix) && e.path().is_dir())
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+    let Some(old) = newest else {
+        return Ok(None);
+    };
+    fs::rename(old.path(), dir)
+        .with_context(|| format!("cannot put {} back as {}", old.path().display(), dir.display()))?;
+    Ok(Some(old.path()))
 }

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod files;
 pub mod interrupt;
+pub mod lock;
 pub mod memory;
 pub mod metrics;
 pub mod optim;

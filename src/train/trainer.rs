@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, PartialEpoch, TrainState};
 use super::interrupt::{Interrupted, StopFlag};
+use super::lock::RunLock;
 use super::memory;
 use super::metrics::{EpochRecord, EpochTotals, ReportedAccuracy, best_by};
 use super::run_dir::{RunDir, RunInfo, RunSummaryFile};
@@ -264,6 +265,8 @@ struct Invocation<'a> {
     wall_before: f64,
     /// This invocation's TensorBoard event file.
     events: EventLog,
+    /// The run folder is this process's until the invocation ends.
+    _lock: RunLock,
 }
 
 impl<'a> Invocation<'a> {
@@ -278,6 +281,17 @@ impl<'a> Invocation<'a> {
     ) -> Result<Self> {
         let provenance = Provenance::this(&opts.backend.name);
         let run = RunDir::create(save.unwrap_or_else(RunDir::default_root), opts.logs.clone())?;
+        let lock = RunLock::acquire(&run.root)?;
+        if let Some(stale) = &lock.replaced {
+            say!(
+                opts,
+                "{} was locked by pid {} on {} (started {}), which is no longer running: taking it over",
+                run.root.display(),
+                stale.pid,
+                stale.host,
+                stale.started
+            );
+        }
         run.write_run_info(&RunInfo {
             provenance: provenance.clone(),
             command: std::env::args().collect(),
@@ -294,6 +308,7 @@ impl<'a> Invocation<'a> {
             started,
             wall_before,
             events,
+            _lock: lock,
         })
     }
 
