@@ -219,13 +219,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Info(args) => {
             let config = args.to_config()?;
-            let device = Backend::parse(&args.run.device)?.device;
-            device.seed(config.manual_seed);
+            let backend = Backend::parse(&args.run.device)?;
+            let device = backend.device.clone();
             let geometry = match Geometry::of(&config) {
                 Ok(g) => g,
                 // An image folder: read it to learn its geometry.
                 Err(_) => Geometry::of_set(&pnn::data::load(&config)?.train)?,
             };
+            if let (true, Some(budget)) = (backend.is_cpu(), pnn::train::memory::available_bytes())
+                && !args.run.force
+            {
+                pnn::train::memory::refuse_oversized(&config, geometry, budget, "the memory available", false)?;
+            }
+            device.seed(config.manual_seed);
             let model = models::build_for(&config, geometry, &device)?;
             println!("{model}");
             println!("{}", ParamCount::of(&model).model_size_line());

@@ -608,3 +608,57 @@ fn a_checkpoint_caught_mid_replacement_is_put_back() {
     assert_eq!(state.epochs_done, 1);
     assert!(last.join("state.json").is_file() && !aside.exists());
 }
+
+/// A model too large for the memory is refused from its shapes, before it is built: in moments,
+/// with its size and the largest --nfilters that fits, and nothing written.
+#[test]
+fn a_model_too_large_for_the_memory_is_refused_before_it_is_built() {
+    let data = tempfile::tempdir().unwrap();
+    write_tiny_mnist(data.path(), 20, 10);
+    let runs = tempfile::tempdir().unwrap();
+    let save = runs.path().join("run");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_pnn"))
+        .args([
+            "train",
+            "--net-type",
+            "lenet",
+            "--dataset-train",
+            "MNIST",
+            "--dataset-test",
+            "MNIST",
+        ])
+        .args([
+            "--nfilters",
+            "100000",
+            "--nmasks",
+            "64",
+            "--memory-budget",
+            "2048",
+            "--device",
+            "cpu",
+        ])
+        .arg("--dataroot")
+        .arg(data.path())
+        .arg("--save")
+        .arg(&save)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("refused before building the model"), "{said}");
+    assert!(
+        said.contains("GiB before its first image") && said.contains("--memory-budget is 2.0 GiB"),
+        "{said}"
+    );
+    assert!(
+        said.contains("the largest --nfilters whose model takes at most half of it is"),
+        "{said}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    assert!(!save.exists());
+}

@@ -315,3 +315,34 @@ fn weights_follow_from_the_seed_not_from_when_the_model_is_first_used() {
     assert!(plain.len() > 1000);
     assert_eq!(plain, disturbed);
 }
+
+/// The footprint counted from the configuration's shapes, without building the model at its
+/// size, equals the built model's, for every family and the flags that change shapes.
+#[test]
+fn footprint_from_shapes_equals_the_built_models() {
+    use pnn::models::footprint::{footprint, of_model};
+    let cases = [
+        "--net-type resnet18 --nfilters 40",
+        "--net-type noiseresnet18 --nfilters 24 --first_filter_size 3",
+        "--net-type noiseresnet18 --nfilters 24 --first_filter_size 7 --code update",
+        "--net-type perturb_resnet18 --nfilters 18 --nmasks 5 --unique_masks --mix_maps",
+        "--net-type perturb_resnet18 --nfilters 20 --nmasks 1 --filter_size 3 --first_filter_size 7",
+        "--net-type perturb_resnet18 --nfilters 12 --nmasks 4 --no-unique_masks --train_masks --act prelu",
+        "--net-type perturb_resnet18 --nfilters 8 --code update --act prelu",
+        "--net-type cifarnet --nfilters 30 --nmasks 7 --unique_masks",
+        "--net-type cifarnet --nfilters 16 --filter_size 5 --first_filter_size 3",
+        "--net-type lenet --nfilters 21 --nmasks 3 --mix_maps",
+    ];
+    for flags in cases {
+        let config = cifar(flags);
+        let geometry = models::Geometry::of(&config).unwrap();
+        let built = of_model(&models::build(&config, &Device::flex()).unwrap());
+        let counted = footprint(&config, geometry).unwrap();
+        for (what, a, b) in [
+            ("values", counted.values, built.values),
+            ("trainable", counted.trainable, built.trainable),
+        ] {
+            assert!((a - b).abs() < 0.5, "{flags}: {what} counted {a}, built {b}");
+        }
+    }
+}

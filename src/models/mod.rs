@@ -11,6 +11,7 @@
 //! Adding an operation: see `crate::ops`.
 
 pub mod cifarnet;
+pub mod footprint;
 pub mod lenet;
 pub mod map_size;
 pub mod noise_resnet;

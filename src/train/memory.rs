@@ -14,7 +14,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::optim;
 use crate::allocator;
-use crate::config::Config;
+use crate::config::{Config, OptimMethod};
 use crate::models::{self, Geometry, Net};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -214,3 +214,55 @@ pub fn check(estimate: &MemoryEstimate, batch: usize, budget: usize, budget_sour
         budget as f64 / MIB,
     )
 }
+
+/// Optimizer state per trained value: momentum for SGD and RMSprop with momentum, two moments
+/// for Adam, the mean square for RMSprop.
+pub fn optimizer_slots(config: &Config) -> usize {
+    match config.optim_method {
+        OptimMethod::Sgd => usize::from(config.momentum != 0.0),
+        OptimMethod::Adam => 2,
+        OptimMethod::RmsProp => 1 + usize::from(config.momentum != 0.0),
+    }
+}
+
+/// Refuses, before the model is built, a configuration whose model alone (its values, and for
+/// training their gradients and optimizer state) exceeds `budget` bytes. Counted from the
+/// configuration's shapes ([`models::footprint`]), so that an absurd `--nfilters` is refused in
+/// a second instead of being built until the kernel kills the process.
+pub fn refuse_oversized(
+    config: &Config,
+    geometry: Geometry,
+    budget: usize,
+    source: &str,
+    training: bool,
+) -> Result<()> {
+    let slots = optimizer_slots(config);
+    let footprint = models::footprint::footprint(config, geometry)?;
+    let bytes = |f: &models::footprint::Footprint| if training { f.bytes(slots) } else { 4.0 * f.values };
+    let need = bytes(&footprint);
+    if need <= budget as f64 {
+        return Ok(());
+    }
+    // Room for the images' activations too: the model may take half.
+    let half = budget as f64 / 2.0;
+    let slots_for_search = if training { slots } else { 0 };
+    let advice = match models::footprint::largest_nfilters(config, geometry, half, slots_for_search)? {
+        Some(n) => format!("the largest --nfilters whose model takes at most half of it is {n}"),
+        None => "even the smallest --nfilters does not fit: use fewer --nmasks or a smaller input".to_string(),
+    };
+    let what = if training {
+        format!(
+            "{:.3e} values, {:.3e} of them trained (each with a gradient and {slots} value(s) of optimizer state)",
+            footprint.values, footprint.trainable
+        )
+    } else {
+        format!("{:.3e} values", footprint.values)
+    };
+    bail!(
+        "this model would take {:.1} GiB before its first image: {what}; but {source} is {:.1} GiB, and {advice}",
+        need / GIB,
+        budget as f64 / GIB
+    )
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;

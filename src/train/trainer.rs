@@ -128,6 +128,9 @@ pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     let data = data::load(config)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     let geometry = Geometry::of_set(&data.train)?;
+    check_model_size(config, geometry, &opts)?;
+    // Counting the model's size built small models; the real one draws from the seed.
+    device.seed(config.manual_seed);
     let mut model = models::build_for(config, geometry, &device)?;
     let mut optimizer = optim::build(config);
     let mut state = TrainState::new(config);
@@ -437,6 +440,28 @@ impl<'a> Invocation<'a> {
             print_summary(&summary);
         }
         Ok(summary)
+    }
+}
+
+/// Refuses a model too large for the memory before it is built (CPU only), unless forced.
+fn check_model_size(config: &Config, geometry: Geometry, opts: &RunOptions) -> Result<()> {
+    if !opts.backend.is_cpu() {
+        return Ok(());
+    }
+    let (budget, source) = match opts.memory_budget {
+        Some(bytes) => (bytes, "--memory-budget"),
+        None => match memory::available_bytes() {
+            Some(bytes) => (bytes, "the memory available"),
+            None => return Ok(()),
+        },
+    };
+    match memory::refuse_oversized(config, geometry, budget, source, true) {
+        Err(e) if opts.force => {
+            say!(opts, "--force: building it anyway ({e})");
+            Ok(())
+        }
+        Err(e) => Err(e.context("refused before building the model (add --force to try anyway)")),
+        ok => ok,
     }
 }
 
