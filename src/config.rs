@@ -460,8 +460,9 @@ impl Config {
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             bail!("--learning-rate must be a positive number, got {}", self.learning_rate);
         }
-        if !(self.momentum >= 0.0 && self.momentum.is_finite()) {
-            bail!("--momentum must be a number of at least 0, got {}", self.momentum);
+        // A momentum of 1 or more never forgets a gradient: the update grows without bound.
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!("--momentum must be in [0, 1), got {}", self.momentum);
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             bail!(

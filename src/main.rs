@@ -444,11 +444,27 @@ fn load_runs(paths: &[PathBuf]) -> anyhow::Result<Vec<RecordedRun>> {
     find_runs(paths)?.iter().map(|dir| RecordedRun::load(dir)).collect()
 }
 
+/// The command line, with a value that looks like a negative number read as the flag's value:
+/// `--nfilters -1` is then refused as an invalid --nfilters, not as an unknown argument `-1`.
+fn parse_command_line() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let negative_values = |arg: clap::Arg| {
+        if arg.get_num_args().is_some_and(|n| n.takes_values()) || arg.get_action().takes_values() {
+            arg.allow_negative_numbers(true)
+        } else {
+            arg
+        }
+    };
+    let command = Cli::command().mut_subcommands(|sub| sub.mut_args(negative_values));
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
     // SAFETY: first in main, before any thread is started.
     unsafe { pnn::device::use_installed_libdevice() };
     pnn::allocator::keep_freed_memory();
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     // The command runs on one of the worker threads of rayon's pool rather than beside them. A
     // parallel loop started from outside the pool is handed over to it and the calling thread
     // sleeps until it is done, at the cost of waking threads across the pool's boundary each

@@ -85,6 +85,28 @@ pub fn largest_nfilters(config: &Config, geometry: Geometry, budget: f64, slots:
     Ok(Some(lo * base))
 }
 
+/// The largest nmasks (at most `config.nmasks`) whose footprint fits in `budget` bytes, if any.
+pub fn largest_nmasks(config: &Config, geometry: Geometry, budget: f64, slots: usize) -> Result<Option<usize>> {
+    let fits = |m: usize| -> Result<bool> {
+        let mut c = config.clone();
+        c.nmasks = m;
+        Ok(footprint(&c, geometry)?.bytes(slots) <= budget)
+    };
+    if !fits(1)? {
+        return Ok(None);
+    }
+    let (mut lo, mut hi) = (1, config.nmasks);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid)? {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(Some(lo))
+}
+
 /// The smallest nfilters the configuration accepts (the grouped first layer needs a multiple of
 /// the image's channels); its multiples are accepted too.
 fn smallest_nfilters(config: &Config) -> Result<usize> {

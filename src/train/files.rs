@@ -88,3 +88,18 @@ pub fn recover_replaced_dir(dir: &Path) -> Result<Option<PathBuf>> {
         .with_context(|| format!("cannot put {} back as {}", old.path().display(), dir.display()))?;
     Ok(Some(old.path()))
 }
+
+/// `e` with "the disk is full" put first when an I/O error in its chain says so (ENOSPC, or
+/// EDQUOT: a quota reached), so that the reason is the first thing read.
+pub fn name_full_disk(e: anyhow::Error) -> anyhow::Error {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    // Some libraries pass the I/O error on as text (burn's recorder), so its words count too.
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT)))
+            || c.to_string().contains("No space left on device")
+            || c.to_string().contains("Disk quota exceeded")
+    });
+    if full { e.context("the disk is full") } else { e }
+}

@@ -246,10 +246,16 @@ pub fn refuse_oversized(
     // Room for the images' activations too: the model may take half.
     let half = budget as f64 / 2.0;
     let slots_for_search = if training { slots } else { 0 };
-    let advice = match models::footprint::largest_nfilters(config, geometry, half, slots_for_search)? {
+    let mut advice = match models::footprint::largest_nfilters(config, geometry, half, slots_for_search)? {
         Some(n) => format!("the largest --nfilters whose model takes at most half of it is {n}"),
-        None => "even the smallest --nfilters does not fit: use fewer --nmasks or a smaller input".to_string(),
+        None => "even the smallest --nfilters does not fit".to_string(),
     };
+    if config.nmasks > 1 {
+        match models::footprint::largest_nmasks(config, geometry, half, slots_for_search)? {
+            Some(m) => advice += &format!("; with --nfilters {}, the largest --nmasks is {m}", config.nfilters),
+            None => advice += &format!("; with --nfilters {} not even 1 mask fits", config.nfilters),
+        }
+    }
     let what = if training {
         format!(
             "{:.3e} values, {:.3e} of them trained (each with a gradient and {slots} value(s) of optimizer state)",

@@ -2,7 +2,7 @@
 //! metrics and checkpoints written after every epoch.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -13,6 +13,7 @@ use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, PartialEpoch, TrainState};
+use super::files::name_full_disk;
 use super::interrupt::{Interrupted, StopFlag};
 use super::lock::RunLock;
 use super::memory;
@@ -120,6 +121,9 @@ macro_rules! say {
 /// would not be reproducible (the command line runs one per process).
 pub fn train(config: &Config, opts: RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
+    if let (None, Some(dir), false) = (&opts.resume, &opts.save, opts.force) {
+        refuse_to_restart(dir)?;
+    }
     let device = opts.backend.device.clone().autodiff();
     // The seed decides the weights and the noise masks; each epoch reseeds from (seed, epoch).
     device.seed(config.manual_seed);
@@ -408,10 +412,16 @@ impl<'a> Invocation<'a> {
                 run.checkpoint_last().display()
             )
         };
-        run.write_metrics(&state.history).with_context(keep_going)?;
-        checkpoint::save(&run.checkpoint_last(), model, optimizer, state).with_context(keep_going)?;
+        run.write_metrics(&state.history)
+            .with_context(keep_going)
+            .map_err(name_full_disk)?;
+        checkpoint::save(&run.checkpoint_last(), model, optimizer, state)
+            .with_context(keep_going)
+            .map_err(name_full_disk)?;
         if improved {
-            checkpoint::save(&run.checkpoint_best(), model, optimizer, state).with_context(keep_going)?;
+            checkpoint::save(&run.checkpoint_best(), model, optimizer, state)
+                .with_context(keep_going)
+                .map_err(name_full_disk)?;
         }
         let so_far = RunSummary {
             run_dir: run.root.clone(),
@@ -441,6 +451,28 @@ impl<'a> Invocation<'a> {
         }
         Ok(summary)
     }
+}
+
+/// A fresh run would replace the files of the run `dir` holds: refused, with the ways on.
+fn refuse_to_restart(dir: &Path) -> Result<()> {
+    let last = dir.join("checkpoint-last");
+    if let Ok(state) = checkpoint::load_state(&last) {
+        bail!(
+            "{} holds a run ({} epochs done): continue it with --resume {}, give another --save, or add --force to \
+             start it again from scratch (its files are replaced)",
+            dir.display(),
+            state.epochs_done,
+            last.display()
+        );
+    }
+    if dir.join(super::run_dir::METRICS_JSONL).is_file() || last.exists() {
+        bail!(
+            "{} holds a run whose checkpoint cannot be read: give another --save, or add --force to start it again \
+             from scratch (its files are replaced)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a model too large for the memory before it is built (CPU only), unless forced.
@@ -601,11 +633,17 @@ fn train_epoch(
         let loss_value = result.loss;
         if !loss_value.is_finite() {
             progress.finish_and_clear();
+            // Weight decay past this is unusual enough to name (the reference uses 1e-4 to 5e-4).
+            let decay = if config.weight_decay > 0.01 {
+                format!(", or weight decay too strong (--weight-decay {})", config.weight_decay)
+            } else {
+                String::new()
+            };
             bail!(
                 "the training loss became {loss_value} at epoch {epoch}, step {step} (batch {} of {}): the weights \
                  diverged. Likely causes: a learning rate too high for this model (--learning-rate {}; try a tenth), \
-                 or noise too strong (--level {}). Nothing after the last checkpoint was saved; the run folder's \
-                 checkpoint-last, if any, is from before this point and untouched",
+                 or noise too strong (--level {}){decay}. Nothing after the last checkpoint was saved; the run \
+                 folder's checkpoint-last, if any, is from before this point and untouched",
                 step + 1,
                 loader.num_batches(),
                 config.learning_rate,
