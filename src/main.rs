@@ -235,10 +235,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let model = models::build_for(&config, geometry, &device)?;
             println!("{model}");
             println!("{}", ParamCount::of(&model).model_size_line());
+            let slots = pnn::train::memory::optimizer_slots(&config);
+            println!(
+                "Training state: {:.1} MiB before any image (every value, and a gradient and {slots} optimizer value(s) per trained one)",
+                pnn::models::footprint::of_model(&model).bytes(slots) / (1024.0 * 1024.0)
+            );
         }
         Command::Bench { args, steps, warmup } => {
             let config = args.to_config()?;
             let backend = Backend::parse_with_count(&args.run.device, args.run.ngpu)?;
+            if let (true, Ok(geometry), Some(budget)) = (
+                backend.is_cpu(),
+                Geometry::of(&config),
+                pnn::train::memory::available_bytes(),
+            ) && !args.run.force
+            {
+                pnn::train::memory::refuse_oversized(&config, geometry, budget, "the memory available", true)?;
+            }
             let r = pnn::bench::run(&config, &backend, warmup, steps.max(1))?;
             println!(
                 "{} batch {} on {}:",

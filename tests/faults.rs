@@ -125,8 +125,10 @@ fn path(p: &Path) -> &str {
 }
 
 fn signal(pid: u32, name: &str) {
+    // The process may have ended on its own a moment before: kill's complaint is not ours.
     let _ = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
+        .stderr(Stdio::null())
         .status();
 }
 
@@ -181,9 +183,9 @@ fn left_behind(dir: &Path) -> String {
         .unwrap_or_else(|_| "no checkpoint".into());
     let writing = std::fs::read_dir(dir)
         .map(|entries| {
-            entries.filter_map(|e| e.ok()).any(|e| {
-                e.file_name().to_string_lossy().contains(".tmp-") || e.file_name().to_string_lossy().contains(".old-")
-            })
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| is_checkpoint_write(&e.file_name().to_string_lossy()))
         })
         .unwrap_or(false);
     if writing {
@@ -191,6 +193,12 @@ fn left_behind(dir: &Path) -> String {
     } else {
         epochs
     }
+}
+
+/// A checkpoint folder being written (`.checkpoint-last.tmp-<pid>`) or set aside
+/// (`.checkpoint-last.old-<pid>`).
+fn is_checkpoint_write(name: &str) -> bool {
+    name.starts_with(".checkpoint-") && (name.contains(".tmp-") || name.contains(".old-"))
 }
 
 fn same_metrics(dir: &Path, reference: &[serde_json::Value]) -> Result<String, String> {
@@ -214,6 +222,7 @@ fn fault_catalogue() {
     let mut cat = Catalogue::default();
 
     kills(&mut cat, work.path(), &data);
+    kills_inside_checkpoint_writes(&mut cat, work.path(), &data);
     interrupts(&mut cat, work.path());
     full_disk_and_read_only(&mut cat, work.path(), &data);
     two_processes(&mut cat, work.path(), &data);
@@ -265,6 +274,92 @@ fn kills(cat: &mut Catalogue, work: &Path, data: &Path) {
             let said = finish(data, &dir, "3")?;
             Ok(Found {
                 said: format!("left {left}; {said}"),
+                checked: same_metrics(&dir, &expected)?,
+            })
+        });
+    }
+}
+
+/// SIGKILL while a checkpoint folder is being written: the run folder is watched until a
+/// checkpoint's temporary folder appears, and the process is killed then. A larger lenet makes
+/// the write long enough to catch.
+fn kills_inside_checkpoint_writes(cat: &mut Catalogue, work: &Path, data: &Path) {
+    let big = ["--nfilters", "96", "--nepochs", "3"];
+    let with = |extra: &[&str]| {
+        let mut c = pnn();
+        let mut base: Vec<&str> = TINY_LENET.to_vec();
+        if let Some(at) = base.iter().position(|a| *a == "--nfilters") {
+            base.drain(at..at + 2);
+        }
+        c.arg("train")
+            .args(&base)
+            .arg("--dataroot")
+            .arg(data)
+            .args(["--device", "cpu"])
+            .args(big)
+            .args(extra);
+        c
+    };
+    let reference = work.join("write-kill-reference");
+    let out = with(&["--save", path(&reference)]).output().unwrap();
+    assert!(out.status.success(), "{}", said(&out));
+    let expected = metrics_without_timing(&reference);
+    for k in 0..3 {
+        let dir = work.join(format!("write-kill-{k}"));
+        let did = "SIGKILL as soon as a checkpoint's temporary folder appears (lenet, 96 filters)";
+        cat.case(&format!("kill in a checkpoint write {}", k + 1), did, || {
+            let mut caught = false;
+            for _attempt in 0..10 {
+                let _ = std::fs::remove_dir_all(&dir);
+                let mut child = with(&["--save", path(&dir)])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| e.to_string())?;
+                // Skip k checkpoint writes, so that the cases catch different epochs.
+                let mut seen = 0;
+                let mut writing = false;
+                while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+                    let now = std::fs::read_dir(&dir)
+                        .map(|es| {
+                            es.filter_map(|e| e.ok())
+                                .any(|e| is_checkpoint_write(&e.file_name().to_string_lossy()))
+                        })
+                        .unwrap_or(false);
+                    if now && !writing {
+                        if seen == k {
+                            signal(child.id(), "KILL");
+                            caught = true;
+                            break;
+                        }
+                        seen += 1;
+                    }
+                    writing = now;
+                }
+                child.wait().map_err(|e| e.to_string())?;
+                if caught {
+                    break;
+                }
+            }
+            if !caught {
+                return Err("no checkpoint write was caught in 10 runs".into());
+            }
+            let left = left_behind(&dir);
+            let finish_cmd = |resume: bool| {
+                let last = dir.join("checkpoint-last");
+                if resume {
+                    with(&["--resume", path(&last)])
+                } else {
+                    with(&["--save", path(&dir), "--force"])
+                }
+            };
+            let resumable = pnn::train::checkpoint::load_state(&dir.join("checkpoint-last")).is_ok();
+            let out = run_with_limit(finish_cmd(resumable), Duration::from_secs(300))?;
+            if !out.status.success() {
+                return Err(format!("finishing the run failed: {}", said(&out)));
+            }
+            Ok(Found {
+                said: format!("left {left}; {}", if resumable { "resumed" } else { "started again" }),
                 checked: same_metrics(&dir, &expected)?,
             })
         });
