@@ -10,6 +10,7 @@ use pnn::config::TrainArgs;
 use pnn::device::Backend;
 use pnn::models::{self, Geometry, ParamCount};
 use pnn::report::{RecordedRun, find_runs, plot, table};
+use pnn::sweep::cluster::{self, ClusterFlags};
 use pnn::sweep::reproduce::{self, Budget, ReproduceOptions};
 use pnn::sweep::{self, Execution, Grid, RunStatus, RunsInterrupted, SweepOptions};
 use pnn::train::files::write_atomic;
@@ -120,6 +121,8 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         runs: RunsFlags,
+        #[command(flatten)]
+        cluster: ClusterFlags,
         /// Print the planned runs as `pnn train` command lines, with what their folders hold,
         /// and exit.
         #[arg(long)]
@@ -159,6 +162,8 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         runs: RunsFlags,
+        #[command(flatten)]
+        cluster: ClusterFlags,
         /// Never download CIFAR-10.
         #[arg(long = "no-download", alias = "no_download")]
         no_download: bool,
@@ -361,6 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seeds,
             out,
             runs,
+            cluster,
             list,
         } => {
             let base = config.fold_opposites();
@@ -386,6 +392,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
+            if cluster.slurm.is_some() {
+                for line in cluster::write_scripts(&cluster, opts.runs()?.len(), "sweep", &opts.out)? {
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            if cluster.collect {
+                let (written, missing) = sweep::collect(&opts)?;
+                return print_collected(&written, &missing);
+            }
+            if let Some(task) = cluster.task()? {
+                return cluster::run_task(&opts.runs()?, task, &runs.execution()?);
+            }
             for path in sweep::run(&opts, &runs.execution()?)? {
                 println!("wrote {}", path.display());
             }
@@ -400,6 +419,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             only,
             out,
             runs,
+            cluster,
             no_download,
             list,
         } => {
@@ -435,9 +455,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 only,
             };
+            if cluster.slurm.is_some() {
+                let name = format!("reproduce-{}", table.name);
+                for line in cluster::write_scripts(&cluster, reproduce::plan(&opts)?.len(), &name, &opts.out)? {
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            if cluster.collect {
+                let (written, missing) = reproduce::collect(&opts)?;
+                return print_collected(&written, &missing);
+            }
+            if let Some(task) = cluster.task()? {
+                return cluster::run_task(&reproduce::plan(&opts)?, task, &runs.execution()?);
+            }
             for path in reproduce::run(&opts, &runs.execution()?)? {
                 println!("wrote {}", path.display());
             }
+        }
+    }
+    Ok(())
+}
+
+/// What `--collect` wrote, and the runs it could not include.
+fn print_collected(written: &[PathBuf], missing: &[String]) -> anyhow::Result<()> {
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    if !missing.is_empty() {
+        println!("{} run(s) not finished, left out of the report:", missing.len());
+        for line in missing {
+            println!("  {line}");
         }
     }
     Ok(())

@@ -342,3 +342,102 @@ fn over_three_seeds_the_t_interval_covers_and_a_bootstrap_does_not() {
     assert!((0.93..0.97).contains(&t), "t interval coverage {t}");
     assert!((0.65..0.85).contains(&b), "bootstrap coverage {b}");
 }
+
+/// A sweep on a cluster: the array script, one run per task (by --task-index or Slurm's
+/// variable), a finished task skipped, and the report collected from what has finished with the
+/// missing runs listed.
+#[test]
+fn a_sweep_as_indexed_tasks_with_a_slurm_script_and_a_collected_report() {
+    let data = tempfile::tempdir().unwrap();
+    write_tiny_mnist(data.path(), 64, 16);
+    let out = tempfile::tempdir().unwrap();
+    let sweep_out = out.path().join("sweep");
+    let mut common: Vec<String> = vec!["sweep".into()];
+    common.extend(TINY_LENET.iter().map(|s| s.to_string()));
+    common.extend(
+        [
+            "--dataroot",
+            data.path().to_str().unwrap(),
+            "--nepochs",
+            "1",
+            "--grid",
+            "level=0.1,0.3",
+            "--seeds",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            sweep_out.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut c = pnn();
+        c.args(&common).args(extra);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), text)
+    };
+
+    let script = out.path().join("sweep.sbatch");
+    let (ok, text) = run(
+        &[
+            "--slurm",
+            script.to_str().unwrap(),
+            "--max-parallel",
+            "2",
+            "--time",
+            "1:00:00",
+        ],
+        &[],
+    );
+    assert!(ok, "{text}");
+    let body = std::fs::read_to_string(&script).unwrap();
+    for line in [
+        "#SBATCH --array=0-3%2",
+        "#SBATCH --signal=B:USR1@120",
+        "#SBATCH --requeue",
+        "#SBATCH --time=1:00:00",
+    ] {
+        assert!(body.contains(line), "{line} missing from:\n{body}");
+    }
+    let exec = body.lines().find(|l| l.starts_with("exec ")).unwrap();
+    assert!(exec.ends_with("--task-index") && !exec.contains("--slurm"), "{exec}");
+    let collect = std::fs::read_to_string(format!("{}.collect", script.display())).unwrap();
+    assert!(
+        collect
+            .lines()
+            .any(|l| l.starts_with("exec ") && l.ends_with("--collect")),
+        "{collect}"
+    );
+
+    // Task 1 from Slurm's variable, task 2 by number; task 1 again is skipped.
+    let (ok, text) = run(&["--task-index"], &[("SLURM_ARRAY_TASK_ID", "1")]);
+    assert!(ok && text.contains("task 1: --level 0.1, seed 2"), "{text}");
+    let (ok, text) = run(&["--task-index", "2"], &[]);
+    assert!(ok && text.contains("task 2: --level 0.3, seed 1"), "{text}");
+    let (ok, text) = run(&["--task-index", "1"], &[]);
+    assert!(ok && text.contains("already finished"), "{text}");
+    let (ok, text) = run(&["--task-index", "4"], &[]);
+    assert!(!ok && text.contains("tasks 0 to 3"), "{text}");
+
+    let (ok, text) = run(&["--collect"], &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("2 run(s) not finished"), "{text}");
+    assert!(
+        text.contains("task 0: --level 0.1, seed 1") && text.contains("not started"),
+        "{text}"
+    );
+    let summary = std::fs::read_to_string(sweep_out.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("--level 0.1") && summary.contains("--level 0.3"),
+        "{summary}"
+    );
+}

@@ -6,6 +6,7 @@
 //! and a figure of the mean curves with confidence bands. `pnn reproduce` runs on the same
 //! machinery.
 
+pub mod cluster;
 pub mod grid;
 pub mod reproduce;
 pub mod runner;
@@ -68,6 +69,28 @@ impl SweepOptions {
     }
 }
 
+impl SweepOptions {
+    /// Every run, in plan order (a cluster task's index counts in this order).
+    pub fn runs(&self) -> Result<Vec<PlannedRun>> {
+        Ok(self.plan()?.into_iter().flat_map(|(_, r)| r).collect())
+    }
+}
+
+/// The report from the runs that have finished, and a line per run that has not.
+pub fn collect(opts: &SweepOptions) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let plan = opts.plan()?;
+    let runs: Vec<PlannedRun> = plan.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+    let missing = cluster::missing_runs(&runs, &opts.out);
+    if missing.len() == runs.len() {
+        bail!(
+            "none of the {} runs has finished yet:\n{}",
+            runs.len(),
+            missing.join("\n")
+        );
+    }
+    Ok((report(opts, &plan)?, missing))
+}
+
 /// What `sweep.json` records: how the sweep was asked for.
 #[derive(Serialize)]
 struct SweepRecord<'a> {
@@ -121,17 +144,25 @@ fn one_axis_pairs(grid: &Grid, points: &[Point]) -> Vec<(usize, usize, String)> 
     pairs
 }
 
+/// The report of the finished runs (all of them after `run`; what there is for `collect`).
+/// A configuration none of whose runs has finished is left out.
 fn report(opts: &SweepOptions, plan: &[(Point, Vec<PlannedRun>)]) -> Result<Vec<PathBuf>> {
-    let groups = plan
-        .iter()
-        .map(|(point, runs)| {
-            Ok(SeedGroup {
+    let mut groups = Vec::new();
+    let mut points = Vec::new();
+    for (point, runs) in plan {
+        let finished = runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Finished || RecordedRun::load(&r.dir).is_ok_and(|x| x.summary.finished))
+            .map(|r| RecordedRun::load(&r.dir))
+            .collect::<Result<Vec<_>>>()?;
+        if !finished.is_empty() {
+            groups.push(SeedGroup {
                 label: point.label(),
-                runs: runs.iter().map(|r| RecordedRun::load(&r.dir)).collect::<Result<_>>()?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let points: Vec<Point> = plan.iter().map(|(p, _)| p.clone()).collect();
+                runs: finished,
+            });
+            points.push(point.clone());
+        }
+    }
     let contrasts: Vec<Contrast> = one_axis_pairs(&opts.grid, &points)
         .into_iter()
         .map(|(i, j, what)| Contrast::of(&groups[i], &groups[j], what))

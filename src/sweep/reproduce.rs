@@ -234,11 +234,22 @@ impl Experiment {
 /// the figures. Returns the paths it wrote. `Ctrl-C` / SIGTERM (the execution's stop flag)
 /// stops the runs in progress with a checkpoint; the next reproduce resumes them.
 pub fn run(opts: &ReproduceOptions, ex: &Execution) -> Result<Vec<PathBuf>> {
+    let plan = plan(opts)?;
+    let start = Instant::now();
+    runner::execute(&plan, ex)?;
+    if ex.verbose {
+        println!("\nruns done in {:.0} s", start.elapsed().as_secs_f64());
+    }
+    write_report(opts, &selected(opts.table, &opts.only)?)
+}
+
+/// Every run of the table, experiment by experiment and seed by seed (a cluster task's index
+/// counts in this order), each configuration validated before the first hour is spent.
+pub fn plan(opts: &ReproduceOptions) -> Result<Vec<PlannedRun>> {
     let selected = selected(opts.table, &opts.only)?;
     if opts.budget.seeds == 0 || opts.budget.nepochs == 0 {
         bail!("--seeds and --nepochs must be at least 1");
     }
-    // Validate every configuration before the first hour of training is spent.
     let mut plan = Vec::new();
     for exp in &selected {
         for seed in 1..=opts.budget.seeds {
@@ -250,12 +261,21 @@ pub fn run(opts: &ReproduceOptions, ex: &Execution) -> Result<Vec<PathBuf>> {
             plan.push(PlannedRun::new(name, flags, config, exp.run_dir(&opts.out, seed))?);
         }
     }
-    let start = Instant::now();
-    runner::execute(&plan, ex)?;
-    if ex.verbose {
-        println!("\nruns done in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(plan)
+}
+
+/// The table from the runs that have finished, and a line per run that has not.
+pub fn collect(opts: &ReproduceOptions) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let runs = plan(opts)?;
+    let missing = super::cluster::missing_runs(&runs, &opts.out);
+    if missing.len() == runs.len() {
+        bail!(
+            "none of the {} runs has finished yet:\n{}",
+            runs.len(),
+            missing.join("\n")
+        );
     }
-    write_report(opts, &selected)
+    Ok((write_report(opts, &selected(opts.table, &opts.only)?)?, missing))
 }
 
 fn selected(table: &Table, only: &[usize]) -> Result<Vec<Experiment>> {
@@ -295,12 +315,17 @@ pub struct TableRow {
 }
 
 /// The table rows of the experiments whose runs are in `out`.
+/// Seeds whose run has not finished are left out, and experiments with none.
 pub fn table_rows(out: &Path, experiments: &[Experiment], seeds: u64) -> Result<Vec<(TableRow, Vec<RecordedRun>)>> {
     let mut rows = Vec::new();
     for exp in experiments {
-        let runs = (1..=seeds)
-            .map(|s| RecordedRun::load(&exp.run_dir(out, s)))
-            .collect::<Result<Vec<_>>>()?;
+        let runs: Vec<RecordedRun> = (1..=seeds)
+            .filter_map(|s| RecordedRun::load(&exp.run_dir(out, s)).ok())
+            .filter(|r| r.summary.finished)
+            .collect();
+        if runs.is_empty() {
+            continue;
+        }
         let stat = |f: &dyn Fn(&RecordedRun) -> f64| Stat::of(&runs.iter().map(f).collect::<Vec<_>>());
         let first = &runs[0].summary;
         rows.push((

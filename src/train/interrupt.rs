@@ -1,4 +1,4 @@
-//! Ctrl-C and SIGTERM during training. The first signal asks the training loop to stop after
+//! Ctrl-C, SIGTERM and SIGUSR1 during training. The first signal asks the training loop to stop after
 //! the step it is in and write a checkpoint of that point; a second one ends the process at once
 //! (result files are written whole and renamed into place, so nothing half-written is left, and
 //! the previous checkpoint stays).
@@ -41,6 +41,11 @@ pub fn install_handler() -> anyhow::Result<StopFlag> {
         handler_flag.request();
     })
     .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
+    // SIGUSR1: what a scheduler sends ahead of a time limit (Slurm's --signal), asking the run to
+    // checkpoint where it is; the same stop as a first Ctrl-C.
+    #[cfg(unix)]
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, flag.0.clone())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGUSR1 handler: {e}"))?;
     Ok(flag)
 }
 
