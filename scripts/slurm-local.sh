@@ -4,7 +4,8 @@
 #   scripts/slurm-local.sh start    install slurm-wlm and munge if missing (apt-get), create a munge
 #                                   key if missing, start munged, write a one-node slurm.conf, start
 #                                   slurmctld and slurmd in the background, wait until the node is idle
-#   scripts/slurm-local.sh stop     stop the slurmd, slurmctld and munged that `start` started
+#   scripts/slurm-local.sh stop     cancel all jobs, then stop the slurmd, slurmctld and munged
+#                                   that `start` started
 #   scripts/slurm-local.sh status   print sinfo and squeue
 #
 # The node is this host's short hostname, in partition `debug` (the default), at 127.0.0.1, with
@@ -38,10 +39,10 @@ cannot() { # cannot run here: one line on stderr, exit 3
 
 log_tails() {
   local f
-  for f in "$DIR"/log/*.log "$DIR"/munge/*.log; do
+  for f in "$DIR"/munge/munged.log "$DIR"/log/slurmctld.log "$DIR"/log/slurmd.log; do
     [[ -f $f ]] || continue
     echo "---- tail of $f" >&2
-    tail -n 20 "$f" >&2
+    tail -n 15 "$f" >&2
   done
 }
 
@@ -52,9 +53,10 @@ running() { # running PID: the process exists and is not a zombie (pid 1 here ma
   [[ ${stat:0:1} != Z ]]
 }
 
-pid_alive() { # pid_alive PIDFILE: the process in PIDFILE is running
+pid_alive() { # pid_alive PIDFILE: the daemon named like PIDFILE (munged.pid: munged) is running
   local pid
-  [[ -s $1 ]] && pid=$(< "$1") && [[ $pid =~ ^[0-9]+$ ]] && running "$pid"
+  [[ -s $1 ]] && pid=$(< "$1") && [[ $pid =~ ^[0-9]+$ ]] && running "$pid" &&
+    [[ $(cat "/proc/$pid/comm" 2> /dev/null) == "$(basename "$1" .pid)" ]]
 }
 
 munge_ok() { munge -n 2> /dev/null | unmunge > /dev/null 2>&1; }
@@ -66,8 +68,7 @@ node_ready() { [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]]; }
 install_packages() {
   local missing=() cmd
   for cmd in munged munge slurmctld slurmd sbatch; do
-    command -v "$cmd" > /dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin command -v "$cmd" > /dev/null 2>&1 ||
-      missing+=("$cmd")
+    command -v "$cmd" > /dev/null 2>&1 || missing+=("$cmd")
   done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   echo "slurm-local: installing slurm-wlm and munge (missing: ${missing[*]}); apt log: $DIR/log/apt.log"
@@ -99,8 +100,8 @@ start_munge() {
   if [[ ! -s /etc/munge/munge.key ]]; then
     echo "slurm-local: creating /etc/munge/munge.key"
     mkdir -p /etc/munge
-    if command -v mungekey > /dev/null 2>&1 || [[ -x /usr/sbin/mungekey ]]; then
-      PATH=$PATH:/usr/sbin mungekey --create --keyfile=/etc/munge/munge.key --force
+    if command -v mungekey > /dev/null 2>&1; then
+      mungekey --create --keyfile=/etc/munge/munge.key --force
     else
       dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
     fi
@@ -122,8 +123,7 @@ start_munge() {
     cat "$DIR/log/munged.start" >&2
     cannot "munged does not start (log: $DIR/munge/munged.log)"
   fi
-  local i
-  for i in $(seq 50); do
+  for _ in $(seq 50); do
     munge_ok && return 0
     sleep 0.1
   done
@@ -229,8 +229,13 @@ wait_ready() {
   cannot "node $NODE not idle after ${START_TIMEOUT}s (state: ${state:-none}; logs in $DIR/log)"
 }
 
+cluster_up() { # (needs no root)
+  command -v sinfo > /dev/null 2>&1 && munge_ok &&
+    pid_alive "$DIR/run/slurmctld.pid" && pid_alive "$DIR/run/slurmd.pid" && node_ready
+}
+
 cmd_start() {
-  if munge_ok && pid_alive "$DIR/run/slurmctld.pid" && pid_alive "$DIR/run/slurmd.pid" && node_ready; then
+  if cluster_up; then
     echo "slurm-local: already up (node $NODE: $(node_state)); conf $CONF"
     return 0
   fi
@@ -245,12 +250,12 @@ cmd_start() {
 }
 
 stop_pidfile() { # stop_pidfile NAME PIDFILE
-  local pid i
+  local pid
   pid_alive "$2" || { rm -f "$2"; return 0; }
   pid=$(< "$2")
   echo "slurm-local: stopping $1 ($pid)"
   kill -TERM "$pid" 2> /dev/null || true
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     running "$pid" || break
     sleep 0.1
   done
@@ -262,7 +267,17 @@ stop_pidfile() { # stop_pidfile NAME PIDFILE
 }
 
 cmd_stop() {
-  # slurmd first: it ends the jobs running on the node (their slurmstepd processes).
+  # Jobs outlive slurmd (their slurmstepd processes): cancel them all first, and wait a little.
+  local jobs
+  if pid_alive "$DIR/run/slurmctld.pid" && jobs=$(squeue -h -o '%A' 2> /dev/null) && [[ -n $jobs ]]; then
+    echo "slurm-local: cancelling $(wc -w <<< "$jobs") job(s)"
+    # shellcheck disable=SC2086
+    scancel $jobs 2> /dev/null || true
+    for _ in $(seq 100); do
+      [[ -z $(squeue -h -o '%A' 2> /dev/null) ]] && break
+      sleep 0.1
+    done
+  fi
   stop_pidfile slurmd "$DIR/run/slurmd.pid"
   stop_pidfile slurmctld "$DIR/run/slurmctld.pid"
   stop_pidfile munged "$DIR/munge/munged.pid"
@@ -285,9 +300,10 @@ case ${1:-} in
     exit 2
     ;;
 esac
-if [[ $(id -u) != 0 && $1 != status ]]; then
+PATH=$PATH:/usr/sbin:/sbin
+# Not root: rerun through sudo, unless there is nothing to do (status, or start when already up).
+if [[ $(id -u) != 0 && $1 != status ]] && ! { [[ $1 == start ]] && cluster_up; }; then
   sudo -n true 2> /dev/null || cannot "needs root or passwordless sudo"
   exec sudo -n SLURM_LOCAL_DIR="$DIR" SLURM_LOCAL_TIMEOUT="$START_TIMEOUT" "$0" "$@"
 fi
-PATH=$PATH:/usr/sbin:/sbin
 "cmd_$1"

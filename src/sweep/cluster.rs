@@ -109,7 +109,10 @@ pub fn run_task(runs: &[PlannedRun], index: usize, ex: &Execution) -> Result<()>
             println!("already finished: nothing to do");
             return Ok(());
         }
-        RunStatus::Resume(from) => Some(from.clone()),
+        RunStatus::Resume(from) => {
+            println!("resuming from {}", from.display());
+            Some(from.clone())
+        }
         RunStatus::Fresh => None,
     };
     println!("  pnn train {}", run.flags);
