@@ -110,5 +110,5 @@ check "the task requeued itself" grep -q 'requeueing Slurm job' "$log"
 check "the requeued task resumed" grep -q 'resum' <(sed -n '/requeueing Slurm job/,$p' "$log")
 check "the requeued run's 60 epochs equal the run left alone's: $same" test "$same" = yes
 echo "--- task log (first and last lines)"; head -5 "$log"; echo ...; tail -3 "$log"
-rm -rf "$work"
+[[ $failed == 0 ]] && rm -rf "$work"
 exit $failed
