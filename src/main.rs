@@ -524,6 +524,14 @@ fn parse_command_line() -> Cli {
 fn main() -> ExitCode {
     // SAFETY: first in main, before any thread is started.
     unsafe { pnn::device::use_installed_libdevice() };
+    // Output piped into a reader that stops early (`pnn info | head`) ends pnn as it ends other
+    // Unix tools, instead of a panic at the next print. Files are written atomically, so a run
+    // ended this way keeps its last checkpoint.
+    // SAFETY: restoring a signal's default action, before any thread is started.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     pnn::allocator::keep_freed_memory();
     let cli = parse_command_line();
     // The command runs on one of the worker threads of rayon's pool rather than beside them. A

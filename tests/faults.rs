@@ -229,6 +229,7 @@ fn fault_catalogue() {
     damaged_checkpoints(&mut cat, work.path(), &data);
     data_readers(&mut cat, work.path());
     flag_values(&mut cat, work.path(), &data);
+    closed_output(&mut cat);
 
     println!(
         "fault catalogue: {} cases, {} passed, {} failed, {} not run on this machine",
@@ -989,4 +990,35 @@ fn flag_values(cat: &mut Catalogue, work: &Path, data: &Path) {
             })
         });
     }
+}
+
+/// Output piped into a reader that stops early (`pnn info | head -1`): pnn ends quietly (by
+/// SIGPIPE, as other Unix tools), without a panic.
+fn closed_output(cat: &mut Catalogue) {
+    cat.case(
+        "closed output",
+        "pnn info | head -1 (the reader stops after one line)",
+        || {
+            let mut child = pnn()
+                .args(["info", "--net-type", "resnet18", "--device", "cpu"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            drop(child.stdout.take());
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("panicked") || out.status.code() == Some(101) {
+                return Err(format!("panicked: {}", shorten(&stderr, 200)));
+            }
+            Ok(Found {
+                said: if stderr.trim().is_empty() {
+                    "nothing".into()
+                } else {
+                    shorten(stderr.trim(), 120)
+                },
+                checked: format!("ended without a panic ({})", out.status),
+            })
+        },
+    );
 }
