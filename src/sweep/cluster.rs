@@ -11,10 +11,9 @@ use std::process::Command;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 
-use super::runner::{Execution, PlannedRun, RunStatus};
+use super::runner::{Execution, PlannedRun, RunStatus, train_here};
 use crate::train::files::write_atomic;
-use crate::train::interrupt::Interrupted;
-use crate::train::{self, RunOptions};
+use crate::train::interrupt::{Interrupted, shell_quote};
 
 /// How a sweep or an experiment table is spread over a cluster.
 #[derive(Debug, Clone, Default, Args)]
@@ -116,17 +115,7 @@ pub fn run_task(runs: &[PlannedRun], index: usize, ex: &Execution) -> Result<()>
         RunStatus::Fresh => None,
     };
     println!("  pnn train {}", run.flags);
-    let result = train::train(
-        &run.config,
-        RunOptions {
-            resume,
-            backend: ex.backend.clone(),
-            verbose: ex.verbose,
-            stop: ex.stop.clone(),
-            ..RunOptions::quiet(Some(run.dir.clone()))
-        },
-    );
-    match result {
+    match train_here(run, resume, ex) {
         Ok(_) => Ok(()),
         Err(e) => match (e.downcast_ref::<Interrupted>(), slurm_job()) {
             (Some(stopped), Some(job)) => {
@@ -181,18 +170,6 @@ fn task_command(extra: &str) -> Result<String> {
     }
     args.push(extra.to_string());
     Ok(args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "))
-}
-
-fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
 }
 
 /// The `#SBATCH` lines both jobs share: working folder and the resources asked for.

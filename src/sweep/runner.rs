@@ -166,19 +166,23 @@ fn execute_in_turn(todo: &[&PlannedRun], ex: &Execution) -> Result<()> {
             );
             println!("  pnn train {}", run.flags);
         }
-        train::train(
-            &run.config,
-            RunOptions {
-                resume,
-                backend: ex.backend.clone(),
-                verbose: ex.verbose,
-                stop: ex.stop.clone(),
-                ..RunOptions::quiet(Some(run.dir.clone()))
-            },
-        )
-        .with_context(|| format!("{} (run folder {})", run.name, run.dir.display()))?;
+        train_here(run, resume, ex).with_context(|| format!("{} (run folder {})", run.name, run.dir.display()))?;
     }
     Ok(())
+}
+
+/// Trains one planned run in this process, in its folder, resuming from `resume` if given.
+pub fn train_here(run: &PlannedRun, resume: Option<PathBuf>, ex: &Execution) -> Result<train::RunSummary> {
+    train::train(
+        &run.config,
+        RunOptions {
+            resume,
+            backend: ex.backend.clone(),
+            verbose: ex.verbose,
+            stop: ex.stop.clone(),
+            ..RunOptions::quiet(Some(run.dir.clone()))
+        },
+    )
 }
 
 /// CPU threads each of `jobs` parallel runs gets: this process's thread pool (the machine's

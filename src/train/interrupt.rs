@@ -98,7 +98,7 @@ pub fn resume_command(args: &[String], checkpoint: &std::path::Path) -> String {
 }
 
 /// Quotes an argument for a POSIX shell where it needs it.
-fn shell_quote(arg: &str) -> String {
+pub fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty()
         && arg
             .chars()
