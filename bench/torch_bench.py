@@ -382,6 +382,21 @@ def limit_memory(gib):
     return gib
 
 
+def training_flops(model, channels, size, classes, device):
+    """The floating-point operations of one training image: PyTorch's own counter over a
+    forward and backward pass of two images, halved (2 per multiply-add of every convolution and matrix
+    product, the weight and input gradients included; element-wise work such as BatchNorm, the
+    activations and the noise is not counted). The model's gradients are cleared after."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.zeros(2, channels, size, size, device=device)
+    y = torch.zeros(2, dtype=torch.long, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
 def main(argv):
     a = parse(argv)
     # CUDA maps far more address space than it uses: the cap is for CPU runs only.
@@ -415,6 +430,8 @@ def run(a):
                               nesterov=nesterov, weight_decay=a.weight_decay)
     else:
         opt = torch.optim.Adam(trained, lr=a.lr, weight_decay=a.weight_decay)
+    print(f"  FLOPs per image: {training_flops(model, channels, size, classes, device) / 1e9:.3f} GFLOP "
+          "(convolutions and linear layers, forward + backward)", flush=True)
     n = a.batch_size * (a.warmup + a.steps)
     gen = torch.Generator().manual_seed(0)
     images = ((torch.rand(n, channels, size, size, generator=gen) - 0.5) / 0.5).to(device)

@@ -567,6 +567,52 @@ fn cpu_convolution_matches_burns_convolution() {
     }
 }
 
+/// Winograd's F(2x2, 3x3) (`ops::winograd`, chosen through `ConvAlgorithm::Winograd`) gives
+/// what burn's convolution gives, output and the gradients of input and weight: maps of even
+/// and odd sizes (a half-used last tile), maps smaller than a tile, one channel and many.
+#[test]
+fn winograd_convolution_matches_burns_convolution() {
+    use pnn::layer::conv::ConvSpec;
+    use pnn::ops::conv::{ConvAlgorithm, conv2d_with};
+    let device = Device::flex().autodiff();
+    device.seed(17);
+    for (n, c_in, c_out, size) in [
+        (2, 3, 4, 8),
+        (3, 2, 5, 9),
+        (1, 1, 1, 1),
+        (2, 4, 3, 2),
+        (2, 3, 2, 3),
+        (4, 7, 6, 16),
+        (2, 5, 3, 13),
+    ] {
+        let layer = ConvSpec::new(c_in, c_out, 3).padding(1).bias(false).init(&device);
+        let x: Tensor<4> = Tensor::random([n, c_in, size, size], Distribution::Normal(0.0, 1.0), &device);
+        for track_x in [true, false] {
+            let run = |winograd: bool| {
+                let x = if track_x { x.clone().require_grad() } else { x.clone() };
+                let y = if winograd {
+                    conv2d_with(x.clone(), layer.weight.val(), 1, 1, ConvAlgorithm::Winograd)
+                } else {
+                    layer.forward(x.clone())
+                };
+                let r = Tensor::<4>::ones(y.dims(), &y.device()).cumsum(3).sin();
+                let grads = (y.clone() * r).sum().backward();
+                let mut out = vec![y.dims().iter().map(|&d| d as f32).collect(), to_vec(y)];
+                if track_x {
+                    out.push(to_vec(x.grad(&grads).unwrap()));
+                }
+                out.push(to_vec(layer.weight.grad(&grads).unwrap()));
+                out
+            };
+            assert_parts_close(
+                &run(true),
+                &run(false),
+                &format!("n {n} c {c_in} -> {c_out} size {size} x tracked {track_x}"),
+            );
+        }
+    }
+}
+
 /// The kernels' output buffers: `par_filled` hands out every chunk once, in order of index;
 /// `zeroed` and `write_copy` initialise what they are given.
 #[test]

@@ -5,6 +5,9 @@
 //!   forward   y[n]    = W cols(x[n])                [O, OHW] = [O, CKK] [CKK, OHW]
 //!   backward  dW      = sum_n dy[n] cols(x[n])^T     patches rebuilt, not kept
 //!             dx[n]   = col2im(W^T dy[n])            each patch value added back to its pixel
+//!
+//! The 3x3, stride-1 convolutions of maps large enough go through Winograd's F(2x2, 3x3)
+//! instead (`ops/winograd.rs`), with 2.25x fewer multiplications; [`ConvAlgorithm`] says which.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -21,6 +24,47 @@ use crate::ops::cpu::blocks::{add_vectors, block_len};
 use crate::ops::cpu::buffer::{par_filled, par_filled_with, zeroed};
 use crate::ops::cpu::flex_tensor::{contiguous, dims, tensor, values};
 use crate::ops::cpu::matmul::{Mat, gather, matmul, matmul_into, matmul_threaded, scatter, threaded_product};
+use crate::ops::winograd::{self, Tiles};
+
+/// How a k x k convolution is computed on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// Winograd where it applies and is faster (see [`ConvAlgorithm::resolve`]), im2col elsewhere.
+    Auto,
+    /// Patches laid out as a matrix and multiplied by the weights.
+    Im2col,
+    /// Winograd's F(2x2, 3x3) where it applies (3x3, stride 1, padding 1), im2col elsewhere.
+    Winograd,
+}
+
+/// Output maps of at least this many pixels take Winograd under [`ConvAlgorithm::Auto`]:
+/// below it a map has too few tiles for the transforms to pay off (measured by
+/// `cargo run --release --example conv3x3`, docs/speed.md).
+const WINOGRAD_MIN_PIXELS: usize = 64;
+
+impl ConvAlgorithm {
+    /// The algorithm that runs for these sizes: `Auto` and `Winograd` resolved.
+    fn resolve(self, g: &ConvSizes) -> Self {
+        let applies = g.k == 3 && g.stride == 1 && g.padding == 1;
+        match self {
+            Self::Winograd if applies => Self::Winograd,
+            Self::Auto if applies && g.cols() >= WINOGRAD_MIN_PIXELS => Self::Winograd,
+            _ => Self::Im2col,
+        }
+    }
+}
+
+impl ConvSizes {
+    fn tiles(&self) -> Tiles {
+        Tiles {
+            n: self.n,
+            c: self.c,
+            o: self.o,
+            h: self.h,
+            w: self.w,
+        }
+    }
+}
 
 #[backend_extension(Flex, Autodiff)]
 pub trait ConvOps: burn::backend::Backend {
@@ -30,6 +74,7 @@ pub trait ConvOps: burn::backend::Backend {
         weight: FloatTensor<Self>,
         stride: usize,
         padding: usize,
+        algorithm: ConvAlgorithm,
     ) -> FloatTensor<Self>;
 }
 
@@ -208,7 +253,10 @@ fn col2im(g: &ConvSizes, cols: &[f32], row_stride: usize, dx_n: &mut [f32]) {
 /// pixels, read and wrote all of dW once per sample.
 const SMALL_MAPS: usize = 64;
 
-fn forward_values(g: ConvSizes, x: &[f32], w: &[f32]) -> Vec<f32> {
+fn forward_values(g: ConvSizes, x: &[f32], w: &[f32], algorithm: ConvAlgorithm) -> Vec<f32> {
+    if algorithm.resolve(&g) == ConvAlgorithm::Winograd {
+        return winograd::forward(&g.tiles(), x, w);
+    }
     if g.cols() <= SMALL_MAPS {
         return forward_batch(g, x, w);
     }
@@ -252,7 +300,17 @@ fn forward_batch(g: ConvSizes, x: &[f32], w: &[f32]) -> Vec<f32> {
 }
 
 /// (dx, dW).
-fn backward_values(g: ConvSizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
+fn backward_values(
+    g: ConvSizes,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    need_x: bool,
+    algorithm: ConvAlgorithm,
+) -> (Vec<f32>, Vec<f32>) {
+    if algorithm.resolve(&g) == ConvAlgorithm::Winograd {
+        return winograd::backward(&g.tiles(), x, w, dy, need_x);
+    }
     if g.cols() <= SMALL_MAPS {
         return backward_batch(g, x, w, dy, need_x);
     }
@@ -368,18 +426,30 @@ fn backward_batch(g: ConvSizes, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) 
     (dx, dw)
 }
 
-fn forward_flex(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) -> FlexTensor {
+fn forward_flex(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    stride: usize,
+    padding: usize,
+    algorithm: ConvAlgorithm,
+) -> FlexTensor {
     let g = ConvSizes::of(&dims(x), &dims(weight), stride, padding);
     let (x, weight) = (contiguous(x), contiguous(weight));
     tensor(
-        forward_values(g, values(&x), values(&weight)),
+        forward_values(g, values(&x), values(&weight), algorithm),
         vec![g.n, g.o, g.oh, g.ow],
     )
 }
 
 impl ConvOps for Flex {
-    fn conv2d_square(x: FlexTensor, weight: FlexTensor, stride: usize, padding: usize) -> FlexTensor {
-        forward_flex(&x, &weight, stride, padding)
+    fn conv2d_square(
+        x: FlexTensor,
+        weight: FlexTensor,
+        stride: usize,
+        padding: usize,
+        algorithm: ConvAlgorithm,
+    ) -> FlexTensor {
+        forward_flex(&x, &weight, stride, padding, algorithm)
     }
 }
 
@@ -387,16 +457,16 @@ impl ConvOps for Flex {
 struct ConvBackward;
 
 impl Backward<Flex, 2> for ConvBackward {
-    type State = (FlexTensor, FlexTensor, usize, usize);
+    type State = (FlexTensor, FlexTensor, usize, usize, ConvAlgorithm);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x, node_weight] = ops.parents;
         let dy = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (x, weight, stride, padding) = ops.state;
+        let (x, weight, stride, padding, algorithm) = ops.state;
         let (x_dims, weight_dims) = (dims(&x), dims(&weight));
         let g = ConvSizes::of(&x_dims, &weight_dims, stride, padding);
         let (x, weight) = (contiguous(&x), contiguous(&weight));
-        let (dx, dw) = backward_values(g, values(&x), values(&weight), values(&dy), node_x.is_some());
+        let (dx, dw) = backward_values(g, values(&x), values(&weight), values(&dy), node_x.is_some(), algorithm);
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, tensor(dx, x_dims));
         }
@@ -412,26 +482,40 @@ impl<C: CheckpointStrategy> ConvOps for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         stride: usize,
         padding: usize,
+        algorithm: ConvAlgorithm,
     ) -> FloatTensor<Self> {
         let prep = ConvBackward
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
             .stateful();
         let (x, weight) = (x.primitive().clone(), weight.primitive().clone());
-        let out = forward_flex(&x, &weight, stride, padding);
+        let out = forward_flex(&x, &weight, stride, padding, algorithm);
         match prep {
-            OpsKind::Tracked(prep) => prep.finish((x, weight, stride, padding), out),
+            OpsKind::Tracked(prep) => prep.finish((x, weight, stride, padding, algorithm), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 }
 
-/// A square k x k convolution without bias on the CPU backend (see `conv::forward`).
+/// A square k x k convolution without bias on the CPU backend (see `conv::forward`), by the
+/// fastest algorithm for its sizes.
 pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
+    conv2d_with(x, weight, stride, padding, ConvAlgorithm::Auto)
+}
+
+/// [`conv2d`] by the algorithm given: to compare them, or to test one against another.
+pub fn conv2d_with(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    stride: usize,
+    padding: usize,
+    algorithm: ConvAlgorithm,
+) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as ConvOps>::conv2d_square(
         x.into_dispatch(),
         weight.into_dispatch(),
         stride,
         padding,
+        algorithm,
     ))
 }

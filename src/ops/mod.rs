@@ -7,7 +7,8 @@
 //!   operation (CPU loops in `perturb/cpu.rs`, CubeCL kernels in `perturb/gpu.rs`).
 //! - [`perturb_norm`]: the paper authors' updated first layer's BatchNorm (folded into a scale
 //!   and an offset map per mask), sigmoid and grouped 1x1 convolution as one operation.
-//! - [`conv1x1`], [`conv`]: 1x1 and k x k convolutions as matrix products.
+//! - [`conv1x1`], [`conv`]: 1x1 and k x k convolutions as matrix products; [`winograd`]: the
+//!   3x3 stride-1 ones with fewer multiplications.
 //! - [`batchnorm`]: BatchNorm in training mode, optionally followed by ReLU.
 //! - [`add_relu`]: `relu(a + b)`, the end of every ResNet block.
 //! - [`maxpool`]: max pooling.
@@ -30,6 +31,7 @@ pub mod cpu;
 pub mod maxpool;
 pub mod perturb;
 pub mod perturb_norm;
+pub mod winograd;
 
 use burn::tensor::Device;
 
