@@ -78,7 +78,7 @@ busy_percent() {
   read -r _ a2 b2 c2 d2 e2 f2 g2 h2 _ < /proc/stat
   awk -v t1=$((a1 + b1 + c1 + d1 + e1 + f1 + g1 + h1)) -v i1=$((d1 + e1)) \
       -v t2=$((a2 + b2 + c2 + d2 + e2 + f2 + g2 + h2)) -v i2=$((d2 + e2)) \
-      'BEGIN {t = t2 - t1; printf "%.0f", t > 0 ? 100 * (1 - (i2 - i1) / t) : 0}'
+      'BEGIN {t = t2 - t1; printf "%.0f", (t > 0 ? 100 * (1 - (i2 - i1) / t) : 0)}'
 }
 
 # Waits for a quiet machine (under 10% busy), up to 2 minutes; records the last sample in

@@ -22,6 +22,8 @@ fn main() {
     let device = Device::flex().autodiff();
     // (in channels, out channels, input size, stride): resnet18's stages on 32x32 images.
     let shapes = [
+        // The first layer, from the image's 3 channels.
+        (3, f, 32, 1),
         (f, f, 32, 1),
         (f, 2 * f, 32, 2),
         (2 * f, 2 * f, 16, 1),
