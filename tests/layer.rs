@@ -569,7 +569,8 @@ fn cpu_convolution_matches_burns_convolution() {
 
 /// Winograd's F(2x2, 3x3) (`ops::winograd`, chosen through `ConvAlgorithm::Winograd`) gives
 /// what burn's convolution gives, output and the gradients of input and weight: maps of even
-/// and odd sizes (a half-used last tile), maps smaller than a tile, one channel and many.
+/// and odd sizes (a half-used last tile), maps smaller than a tile, one channel and many, small
+/// maps (several samples to a block) and large ones.
 #[test]
 fn winograd_convolution_matches_burns_convolution() {
     use pnn::layer::conv::ConvSpec;
@@ -584,6 +585,10 @@ fn winograd_convolution_matches_burns_convolution() {
         (2, 3, 2, 3),
         (4, 7, 6, 16),
         (2, 5, 3, 13),
+        // Maps of a few tiles, several samples to a block.
+        (5, 4, 4, 4),
+        (3, 6, 5, 6),
+        (3, 3, 2, 7),
     ] {
         let layer = ConvSpec::new(c_in, c_out, 3).padding(1).bias(false).init(&device);
         let x: Tensor<4> = Tensor::random([n, c_in, size, size], Distribution::Normal(0.0, 1.0), &device);
