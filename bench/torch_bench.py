@@ -411,6 +411,29 @@ def training_flops(model, channels, size, classes, device):
             h.remove()
         model.load_state_dict(state)
     return sum(counted) / 2
+def perturbed_values(model, channels, size, device):
+    """How many perturbed values (x + level * noise) one image makes in the perturbation layers:
+    the element-wise work the 64-mask commands spend their time on, which FLOP counts of the
+    convolutions leave out."""
+    counted = []
+
+    def hook(module, inputs, output):
+        if module.perturbs:
+            n, c, h, w = inputs[0].shape
+            counted.append(c * module.noise.shape[2] * h * w)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PerturbLayer)]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, channels, size, size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.load_state_dict(state)
+    return sum(counted)
+
+
 def main(argv):
     a = parse(argv)
     # CUDA maps far more address space than it uses: the cap is for CPU runs only.
@@ -446,6 +469,10 @@ def run(a):
         opt = torch.optim.Adam(trained, lr=a.lr, weight_decay=a.weight_decay)
     print(f"  FLOPs per image: {training_flops(model, channels, size, classes, device) / 1e9:.3f} GFLOP "
           "(convolutions and linear layers: forward, weight and input gradients)", flush=True)
+    perturbed = perturbed_values(model, channels, size, device)
+    if perturbed:
+        print(f"  perturbed values per image: {perturbed / 1e6:.1f} M (x + level * noise, one per "
+              "input channel, mask and pixel of each perturbation layer)", flush=True)
     n = a.batch_size * (a.warmup + a.steps)
     gen = torch.Generator().manual_seed(0)
     images = ((torch.rand(n, channels, size, size, generator=gen) - 0.5) / 0.5).to(device)
