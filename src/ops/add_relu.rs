@@ -35,14 +35,14 @@ pub trait AddReluOps: burn::backend::Backend {
     fn add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
 fn add_relu_values(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
     for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
         o.write((a + b).max(0.0));
     }
 }
 
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
 fn relu_mask(d: &mut [MaybeUninit<f32>], dy: &[f32], out: &[f32]) {
     for ((d, &g), &o) in d.iter_mut().zip(dy).zip(out) {
         d.write(if o > 0.0 { g } else { 0.0 });

@@ -98,7 +98,7 @@ impl Sizes {
 
 /// Mean and biased variance of channel `c`: two passes, each run summed in f32 lanes and the
 /// runs in f64, so that large batches stay exact.
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
 fn channel_moments(sz: Sizes, x: &[f32], c: usize) -> (f32, f32) {
     let total: f64 = sz.runs(x, c).map(|r| sum(r) as f64).sum();
     let mean = (total / sz.count()) as f32;
@@ -125,7 +125,7 @@ fn moments(sz: Sizes, x: &[f32]) -> Vec<(f32, f32)> {
 
 /// `y = x * scale + shift`, then `max(y, 0)` when `relu`. The two loops are written out so that
 /// each vectorises without a branch, and so that without `relu` a NaN stays a NaN.
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
 fn affine(y: &mut [MaybeUninit<f32>], x: &[f32], scale: f32, shift: f32, relu: bool) {
     if relu {
         for (y, x) in y.iter_mut().zip(x) {
@@ -178,7 +178,7 @@ fn forward_values(
 }
 
 /// (sum dy, sum dy * xhat) over channel `c`.
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
 fn channel_grad_sums(
     sz: Sizes,
     x: &[f32],
@@ -199,7 +199,7 @@ fn channel_grad_sums(
 }
 
 /// `dx = k (dy - mean_dy - (x - mean) inv_std mean_dy_xhat)`.
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
 #[allow(clippy::too_many_arguments)]
 fn input_grad(
     dx: &mut [MaybeUninit<f32>],
@@ -353,14 +353,14 @@ mod small {
             .collect()
     }
 
-    #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+    #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
     pub(super) fn add(acc: &mut [f64], x: &[f32]) {
         for (a, &v) in acc.iter_mut().zip(x) {
             *a += v as f64;
         }
     }
 
-    #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+    #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
     pub(super) fn add_sq_dev(acc: &mut [f64], x: &[f32], mean: &[f32]) {
         for ((a, &v), &m) in acc.iter_mut().zip(x).zip(mean) {
             let d = v - m;
@@ -369,7 +369,7 @@ mod small {
     }
 
     /// sum dy into the first half of `acc`, sum dy (x - mean) into the second.
-    #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+    #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
     pub(super) fn add_grad(acc: &mut [f64], x: &[f32], dy: &[f32], mean: &[f32]) {
         let (sum_dy, sum_dy_centered) = acc.split_at_mut(x.len());
         for (((s, t), (&v, &d)), &m) in sum_dy.iter_mut().zip(sum_dy_centered).zip(x.iter().zip(dy)).zip(mean) {
@@ -378,7 +378,7 @@ mod small {
         }
     }
 
-    #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+    #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
     pub(super) fn affine(y: &mut [MaybeUninit<f32>], x: &[f32], scale: &[f32], shift: &[f32], relu: bool) {
         if relu {
             for (((y, &x), &a), &b) in y.iter_mut().zip(x).zip(scale).zip(shift) {
@@ -392,7 +392,7 @@ mod small {
     }
 
     /// `dx = a dy + b (x - mean) + c`, with `[a, b, c]` given per position.
-    #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+    #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
     pub(super) fn input_grad(dx: &mut [MaybeUninit<f32>], x: &[f32], dy: &[f32], mean: &[f32], [a, b, c]: [&[f32]; 3]) {
         let coefficients = a.iter().zip(b).zip(c).zip(mean);
         for (((dx, &x), &dy), (((&a, &b), &c), &m)) in dx.iter_mut().zip(x).zip(dy).zip(coefficients) {

@@ -108,7 +108,7 @@ const CHUNK: usize = 1 << 14;
 
 /// One chunk of the rule: new parameters into `p_out`, new velocities into `v_out` (when
 /// momentum is on). `v` is the previous velocity, absent at the first step.
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
 fn step_chunk(
     rule: Rule,
     p: &[f32],

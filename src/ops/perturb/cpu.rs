@@ -133,7 +133,7 @@ fn perturb_tile<A: ActivationFn>(
 // The general kernels: any activation.
 
 /// `out_n = b + W * act(x_n + level * noise)` for one sample.
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
 fn forward_sample<A: ActivationFn>(op: &Operands, bias: &[f32], x_n: &[f32], out_n: &mut [f32], scratch: &mut [f32]) {
     let g = op.g;
     if g.og == 1 {
@@ -215,7 +215,7 @@ impl Partial {
 }
 
 /// The backward pass of one sample: writes `dx_n`, adds to the parameter sums in `acc`.
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
 fn backward_sample<A: ActivationFn>(
     op: &Operands,
     x_n: &[f32],
