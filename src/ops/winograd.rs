@@ -17,6 +17,11 @@
 //! function as the convolution up to rounding. The transforms are additions (and halvings)
 //! vectorised across a row of tiles; the products are gemm's. Layouts: U [16, O, C],
 //! V and the input gradient's tiles [16, C, T], the output's and dy's tiles [16, O, T].
+//!
+//! The batch is cut into one range of samples per thread, and each range into blocks small
+//! enough that a block's transformed tiles stay in the core's cache from the transform to the
+//! products (T above is then a block's tiles). The weight gradient is summed per range and the
+//! ranges' sums added in order, so a step's result does not depend on which thread ran what.
 
 use multiversion::multiversion;
 use rayon::prelude::*;
