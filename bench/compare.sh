@@ -167,8 +167,9 @@ for i in "${!commands[@]}"; do
     awk -v id="$id" -v f="$flags" -v b="$b" -v ti="$t_ips" -v pi="$p_ips" -v tm="$t_mem" -v pm="$p_mem" -v par="$params" \
         -v speed="$speed" -v fl="$flops" -v peak="$peak" 'BEGIN {
       mem = (tm == "-" || ti == "oom") ? "-" : sprintf("%.1fx", tm / pm);
-      tpk = (fl == "-" || ti == "oom") ? "-" : sprintf("%.0f%%", 100 * fl * ti / peak);
-      ppk = (fl == "-") ? "-" : sprintf("%.0f%%", 100 * fl * pi / peak);
+      tv = 100 * fl * ti / peak; pv = 100 * fl * pi / peak;
+      tpk = (fl == "-" || ti == "oom") ? "-" : sprintf(tv < 10 ? "%.1f%%" : "%.0f%%", tv);
+      ppk = (fl == "-") ? "-" : sprintf(pv < 10 ? "%.1f%%" : "%.0f%%", pv);
       printf "| %s | `%s` | %s | %s | %.1f | %s | %s | %s | %s | %s | %.0f | %s | %s |\n", id, f, b, (ti == "oom" ? "out of memory (" tm " MiB at the cap)" : ti), pi, speed, fl, tpk, ppk, (ti == "oom" ? "-" : tm), pm, mem, par }'
   done
 done
