@@ -53,11 +53,7 @@ impl ConvAlgorithm {
         let applies = g.k == 3 && g.stride == 1 && g.padding == 1;
         match self {
             Self::Winograd if applies => Self::Winograd,
-            Self::Auto
-                if applies
-                    && g.cols() >= WINOGRAD_MIN_PIXELS
-                    && g.c.min(g.o) >= WINOGRAD_MIN_CHANNELS =>
-            {
+            Self::Auto if applies && g.cols() >= WINOGRAD_MIN_PIXELS && g.c.min(g.o) >= WINOGRAD_MIN_CHANNELS => {
                 Self::Winograd
             }
             _ => Self::Im2col,
