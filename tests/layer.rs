@@ -318,12 +318,24 @@ fn convolution_layers_follow_the_reference_geometry() {
 /// weight and bias, for a fixed objective; by pnn's CPU operations (`conv::forward`) or by
 /// burn's own convolution.
 fn conv_parts(layer: &burn::nn::conv::Conv2d, x: &Tensor<4>, track_x: bool, pnn_ops: bool) -> Vec<Vec<f32>> {
+    conv_parts_by(layer, x, track_x, |x| {
+        if pnn_ops {
+            pnn::layer::conv::forward(layer, x)
+        } else {
+            layer.forward(x)
+        }
+    })
+}
+
+/// [`conv_parts`] with the layer's output computed by `forward`.
+fn conv_parts_by(
+    layer: &burn::nn::conv::Conv2d,
+    x: &Tensor<4>,
+    track_x: bool,
+    forward: impl Fn(Tensor<4>) -> Tensor<4>,
+) -> Vec<Vec<f32>> {
     let x = if track_x { x.clone().require_grad() } else { x.clone() };
-    let y = if pnn_ops {
-        pnn::layer::conv::forward(layer, x.clone())
-    } else {
-        layer.forward(x.clone())
-    };
+    let y = forward(x.clone());
     let r = Tensor::<4>::ones(y.dims(), &y.device()).cumsum(3).sin();
     let grads = (y.clone() * r).sum().backward();
     let mut out = vec![y.dims().iter().map(|&d| d as f32).collect(), to_vec(y)];
@@ -594,20 +606,13 @@ fn winograd_convolution_matches_burns_convolution() {
         let x: Tensor<4> = Tensor::random([n, c_in, size, size], Distribution::Normal(0.0, 1.0), &device);
         for track_x in [true, false] {
             let run = |winograd: bool| {
-                let x = if track_x { x.clone().require_grad() } else { x.clone() };
-                let y = if winograd {
-                    conv2d_with(x.clone(), layer.weight.val(), 1, 1, ConvAlgorithm::Winograd)
-                } else {
-                    layer.forward(x.clone())
-                };
-                let r = Tensor::<4>::ones(y.dims(), &y.device()).cumsum(3).sin();
-                let grads = (y.clone() * r).sum().backward();
-                let mut out = vec![y.dims().iter().map(|&d| d as f32).collect(), to_vec(y)];
-                if track_x {
-                    out.push(to_vec(x.grad(&grads).unwrap()));
-                }
-                out.push(to_vec(layer.weight.grad(&grads).unwrap()));
-                out
+                conv_parts_by(&layer, &x, track_x, |x| {
+                    if winograd {
+                        conv2d_with(x, layer.weight.val(), 1, 1, ConvAlgorithm::Winograd)
+                    } else {
+                        layer.forward(x)
+                    }
+                })
             };
             assert_parts_close(
                 &run(true),
