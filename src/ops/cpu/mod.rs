@@ -5,3 +5,4 @@ pub mod buffer;
 pub mod flex_tensor;
 pub mod lanes;
 pub mod matmul;
+pub mod reused;
