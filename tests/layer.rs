@@ -27,6 +27,14 @@ fn spec(nmasks: usize, unique: bool, train_masks: bool, act: Act) -> PerturbSpec
 
 /// Each part (output, then gradients) of a CPU operation equals burn's to float32 rounding:
 /// |a - b| <= 1e-4 (1 + |b|).
+/// burn draws random numbers from one generator per process, which the tests running on other
+/// threads draw from too: a test that seeds it holds this lock while it draws, so that its seed
+/// gives it the same numbers every run.
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn assert_parts_close(fast: &[Vec<f32>], reference: &[Vec<f32>], what: &str) {
     assert_eq!(fast.len(), reference.len(), "{what}: number of parts");
     for (part, (a, b)) in fast.iter().zip(reference).enumerate() {
@@ -96,6 +104,7 @@ fn assert_close(analytic: f64, numeric: f64, what: &str) {
 
 fn check_gradients(train_masks: bool, nmasks: usize, unique: bool) {
     let device = Device::flex().autodiff();
+    let _rng = rng_lock();
     device.seed(7);
     let layer = spec(nmasks, unique, train_masks, Act::Tanh).init(&device);
     let x_shape = [3, 2, 4, 4];
@@ -204,6 +213,7 @@ fn sgd_step(layer: PerturbLayer, device: &Device) -> PerturbLayer {
 #[test]
 fn fixed_masks_stay_fixed_and_trained_masks_move_after_a_step() {
     let device = Device::flex().autodiff();
+    let _rng = rng_lock();
     device.seed(3);
     for train_masks in [false, true] {
         let layer = spec(2, true, train_masks, Act::Relu).init(&device);
@@ -226,6 +236,7 @@ fn fixed_masks_stay_fixed_and_trained_masks_move_after_a_step() {
 #[test]
 fn grouped_one_by_one_convolution_combines_each_channels_own_masks() {
     let device = Device::flex();
+    let _rng = rng_lock();
     device.seed(11);
     for (nmasks, unique) in [(3, true), (3, false), (1, true)] {
         let layer = spec(nmasks, unique, false, Act::Relu).init(&device);
@@ -375,6 +386,7 @@ fn conv_parts_by(
 fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
     use pnn::layer::conv::ConvSpec;
     let device = Device::flex().autodiff();
+    let _rng = rng_lock();
     device.seed(7);
     // Maps of at most 64 pixels take the batched path, larger ones the per-sample path, 1x1
     // maps (size 1, or size 2 at stride 2) the fully connected path.
@@ -403,6 +415,7 @@ fn pointwise_convolution_as_a_matrix_product_matches_the_convolution() {
 fn cpu_batchnorm_matches_burns_batchnorm() {
     use pnn::ops;
     let device = Device::flex().autodiff();
+    let _rng = rng_lock();
     device.seed(11);
     fn check<const D: usize>(shape: [usize; D], device: &Device) {
         for relu in [false, true] {
@@ -474,6 +487,7 @@ fn cpu_batchnorm_matches_burns_batchnorm() {
 fn cpu_add_relu_matches_burns_add_and_relu() {
     use pnn::ops;
     let device = Device::flex().autodiff();
+    let _rng = rng_lock();
     device.seed(17);
     for (shape, b_shape) in [
         ([2, 3, 4, 4], [2, 3, 4, 4]),
@@ -526,6 +540,7 @@ fn cpu_max_pooling_matches_burns_max_pooling() {
     use burn::nn::pool::MaxPool2dConfig;
     use pnn::ops;
     let device = Device::flex().autodiff();
+    let _rng = rng_lock();
     device.seed(5);
     for (k, s, pad, size) in [(3, 2, 1, 8), (3, 2, 1, 7), (2, 2, 0, 8), (2, 2, 0, 5), (3, 1, 1, 4)] {
         let pool = MaxPool2dConfig::new([k, k])
@@ -563,6 +578,7 @@ fn cpu_max_pooling_matches_burns_max_pooling() {
 fn cpu_convolution_matches_burns_convolution() {
     use pnn::layer::conv::ConvSpec;
     let device = Device::flex().autodiff();
+    let _rng = rng_lock();
     device.seed(13);
     for (c_in, c_out, k, stride, pad, bias, size) in [
         (3, 4, 3, 1, 1, false, 8),
@@ -608,6 +624,7 @@ fn winograd_convolution_matches_burns_convolution() {
     use pnn::layer::conv::ConvSpec;
     use pnn::ops::conv::{ConvAlgorithm, conv2d_with};
     let device = Device::flex().autodiff();
+    let _rng = rng_lock();
     device.seed(17);
     for (n, c_in, c_out, size) in [
         (2, 3, 4, 8),
@@ -709,6 +726,7 @@ fn matrix_products_into_fresh_memory_ignore_what_was_there() {
 fn cpu_perturb_norm_matches_its_reference() {
     use pnn::ops::perturb_norm;
     let device = Device::flex().autodiff();
+    let _rng = rng_lock();
     device.seed(23);
     let (n, c, m, og, side) = (3, 2, 150, 3, 4);
     let x: Tensor<4> = Tensor::random([n, c, side, side], Distribution::Normal(0.0, 1.0), &device);
@@ -747,6 +765,7 @@ fn cpu_perturb_norm_matches_its_reference() {
 fn the_updates_first_layer_is_the_same_function_fused_and_unfused() {
     use pnn::layer::perturb_first::{PerturbFirst, PerturbFirstLayer};
     for unique in [true, false] {
+        let _rng = rng_lock();
         let device = Device::flex().autodiff();
         let spec = PerturbSpec {
             in_channels: 3,

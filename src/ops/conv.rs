@@ -6,8 +6,8 @@
 //!   backward  dW      = sum_n dy[n] cols(x[n])^T     patches rebuilt, not kept
 //!             dx[n]   = col2im(W^T dy[n])            each patch value added back to its pixel
 //!
-//! The 3x3, stride-1 convolutions of maps large enough go through Winograd's F(2x2, 3x3)
-//! instead (`ops/winograd.rs`), with 2.25x fewer multiplications; [`ConvAlgorithm`] says which.
+//! The 3x3, stride-1 convolutions of batches with enough tiles go through Winograd's F(4x4, 3x3)
+//! instead (`ops/winograd/`), with 4x fewer multiplications; [`ConvAlgorithm`] says which.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -33,14 +33,16 @@ pub enum ConvAlgorithm {
     Auto,
     /// Patches laid out as a matrix and multiplied by the weights.
     Im2col,
-    /// Winograd's F(2x2, 3x3) where it applies (3x3, stride 1, padding 1), im2col elsewhere.
+    /// Winograd's F(4x4, 3x3) where it applies (3x3, stride 1, padding 1), im2col elsewhere.
     Winograd,
 }
 
-/// Output maps of at least this many pixels take Winograd under [`ConvAlgorithm::Auto`]:
-/// below it a map has too few tiles for the transforms to pay off (measured by
-/// `cargo run --release --example conv3x3`, docs/speed.md).
-const WINOGRAD_MIN_PIXELS: usize = 64;
+/// Batches of at least this many 4x4 output tiles take Winograd under [`ConvAlgorithm::Auto`]:
+/// with fewer, the products are too thin to repay the transformed weights, which are 4x the
+/// size of the kernels (352 channels at 4x4, one tile a map: Winograd 0.83x im2col's speed at
+/// batch 16, 1.00x at 24, 1.27x at 32, 2.03x at 64; measured by `cargo run --release --example
+/// conv3x3 -- 16 44`, docs/speed.md).
+const WINOGRAD_MIN_TILES: usize = 32;
 
 /// ... and at least this many input and output channels: the transforms cost the same per
 /// channel whatever the product's size, and a first layer's product over 3 image channels is
@@ -53,7 +55,9 @@ impl ConvAlgorithm {
         let applies = g.k == 3 && g.stride == 1 && g.padding == 1;
         match self {
             Self::Winograd if applies => Self::Winograd,
-            Self::Auto if applies && g.cols() >= WINOGRAD_MIN_PIXELS && g.c.min(g.o) >= WINOGRAD_MIN_CHANNELS => {
+            Self::Auto
+                if applies && g.tiles().count() >= WINOGRAD_MIN_TILES && g.c.min(g.o) >= WINOGRAD_MIN_CHANNELS =>
+            {
                 Self::Winograd
             }
             _ => Self::Im2col,

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
 /// Buffers a thread keeps for reuse; more are freed when dropped.
-const KEPT: usize = 8;
+const KEPT: usize = 16;
 
 thread_local! {
     static SPARE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
@@ -35,7 +35,8 @@ impl Reused {
             })
             .unwrap_or_default();
         if buf.len() < len {
-            buf.resize(len, 0.0);
+            // Not `resize`: its reallocation would copy the old values, which nobody reads.
+            buf = vec![0.0; len];
         }
         Self { buf, len }
     }

@@ -1,8 +1,6 @@
 //! The channels-last, padded maps the transforms read and write, and the conversions from and
 //! to burn's [N, C, H, W].
 
-use multiversion::multiversion;
-
 use super::Tiles;
 
 /// Padded channels-last maps: [n, HP, WP, C], each map placed at (`top`, `top`) with zeros
@@ -65,32 +63,93 @@ impl Padded {
 }
 
 /// dst[j][i] = src[i][j] for i < rows, j < cols (row strides `rs` and `ds`), in 8x8 blocks so
-/// that both sides are read and written eight values at a time.
-#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+/// that both sides are read and written eight values at a time. A size that is not a multiple
+/// of 8 ends in a block that overlaps the one before it (its values are written twice, the same).
 fn transpose(src: &[f32], rs: usize, dst: &mut [f32], ds: usize, rows: usize, cols: usize) {
     const B: usize = 8;
-    let (full_r, full_c) = (rows - rows % B, cols - cols % B);
-    for r0 in (0..full_r).step_by(B) {
-        for c0 in (0..full_c).step_by(B) {
-            let block: [[f32; B]; B] =
-                std::array::from_fn(|i| src[(r0 + i) * rs + c0..][..B].try_into().expect("a row of the block"));
-            for j in 0..B {
-                let out: &mut [f32; B] = (&mut dst[(c0 + j) * ds + r0..][..B])
-                    .try_into()
-                    .expect("a row of the block");
-                *out = std::array::from_fn(|i| block[i][j]);
+    if rows < B || cols < B {
+        for i in 0..rows {
+            for j in 0..cols {
+                dst[j * ds + i] = src[i * rs + j];
             }
         }
+        return;
     }
-    // The edges: rows past the last whole block, then columns past it.
-    for i in full_r..rows {
-        for j in 0..cols {
+    // Every block lies inside both slices: checked once for the last one.
+    assert!(src.len() > (rows - 1) * rs + cols - 1 && dst.len() > (cols - 1) * ds + rows - 1);
+    let starts = |n: usize| (0..=n - B).step_by(B).chain((!n.is_multiple_of(B)).then_some(n - B));
+    #[cfg(target_arch = "x86_64")]
+    let avx = std::is_x86_feature_detected!("avx");
+    for r0 in starts(rows) {
+        for c0 in starts(cols) {
+            let (from, to) = (r0 * rs + c0, c0 * ds + r0);
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU has AVX; the block lies inside both slices (asserted above).
+                unsafe { avx::transpose8(src[from..].as_ptr(), rs, dst[to..].as_mut_ptr(), ds) };
+                continue;
+            }
+            transpose8(&src[from..], rs, &mut dst[to..], ds);
+        }
+    }
+}
+
+/// One 8x8 block, portably (the compiler makes it scalar moves; see [`avx::transpose8`]).
+fn transpose8(src: &[f32], rs: usize, dst: &mut [f32], ds: usize) {
+    for i in 0..8 {
+        for j in 0..8 {
             dst[j * ds + i] = src[i * rs + j];
         }
     }
-    for i in 0..full_r {
-        for j in full_c..cols {
-            dst[j * ds + i] = src[i * rs + j];
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    /// One 8x8 block in eight registers: pairs of rows interleaved, then pairs of pairs, then
+    /// the 128-bit halves exchanged.
+    ///
+    /// # Safety
+    /// The CPU must have AVX; `src` must address 8 rows of 8 floats `rs` apart, `dst` 8 rows
+    /// `ds` apart.
+    #[target_feature(enable = "avx")]
+    pub unsafe fn transpose8(src: *const f32, rs: usize, dst: *mut f32, ds: usize) {
+        // SAFETY: the rows are the caller's promise.
+        let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * rs)) });
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let q = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(q[0], q[4]),
+            _mm256_permute2f128_ps::<0x20>(q[1], q[5]),
+            _mm256_permute2f128_ps::<0x20>(q[2], q[6]),
+            _mm256_permute2f128_ps::<0x20>(q[3], q[7]),
+            _mm256_permute2f128_ps::<0x31>(q[0], q[4]),
+            _mm256_permute2f128_ps::<0x31>(q[1], q[5]),
+            _mm256_permute2f128_ps::<0x31>(q[2], q[6]),
+            _mm256_permute2f128_ps::<0x31>(q[3], q[7]),
+        ];
+        for (j, v) in out.into_iter().enumerate() {
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(dst.add(j * ds), v) };
         }
     }
 }

@@ -24,16 +24,15 @@
 //! products (T above is then a block's tiles). The weight gradient is summed per range and the
 //! ranges' sums added in order, so a step's result does not depend on which thread ran what.
 
+mod blocked;
+mod by_position;
 mod layout;
 mod transform;
-
-use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
 use crate::ops::cpu::blocks::block_len;
-use crate::ops::cpu::buffer::{assume_init, par_filled, par_filled_with};
-use crate::ops::cpu::matmul::{Mat, matmul};
+use crate::ops::cpu::matmul::Mat;
 use crate::ops::cpu::reused::Reused;
 
 use layout::Padded;
@@ -70,6 +69,10 @@ impl Tiles {
     fn t(&self) -> usize {
         self.n * self.per_map()
     }
+    /// The batch's 4x4 output tiles (what decides whether Winograd pays off).
+    pub fn count(&self) -> usize {
+        self.t()
+    }
 }
 
 /// Samples per block: as many as keep a block's transformed tiles (36 x tiles x (C + O)
@@ -101,7 +104,7 @@ fn blocks(g: &Tiles, samples: std::ops::Range<usize>) -> impl Iterator<Item = (u
     })
 }
 
-/// One thread's working memory, sized for the largest block.
+/// Scratch for one thread's transforms of a block of samples.
 struct Scratch {
     /// The block's input, padded, channels last.
     xp: Reused,
@@ -109,27 +112,33 @@ struct Scratch {
     yp: Reused,
     /// Half-transformed tiles.
     tmp: Reused,
-    /// V, then (backward) the input gradient's tiles: [36, T, C].
-    v: Reused,
-    /// The output's or its gradient's tiles: [36, T, O].
-    m: Reused,
 }
 
 impl Scratch {
-    fn new(g: &Tiles) -> Self {
-        let most = Tiles {
-            n: block_samples(g),
-            ..*g
-        };
+    /// For blocks of up to `most` samples.
+    fn new(g: &Tiles, most: usize) -> Self {
         Self {
             // The padding is read: zeros. The rest is written before it is read.
-            xp: Reused::zeroed(Padded::input(g).len(most.n, g.c)),
-            yp: Reused::zeroed(Padded::output(g).len(most.n, g.o)),
+            xp: Reused::zeroed(Padded::input(g).len(most, g.c)),
+            yp: Reused::zeroed(Padded::output(g).len(most, g.o)),
             tmp: Reused::any(36 * g.c.max(g.o)),
-            v: Reused::any(POSITIONS * most.t() * g.c),
-            m: Reused::any(POSITIONS * most.t() * g.o),
         }
     }
+}
+
+/// The 36 planes of a [36, rows, cols] buffer.
+fn planes(buf: &mut [f32], plane: usize) -> [&mut [f32]; POSITIONS] {
+    transform::runs::<POSITIONS>(&mut buf[..POSITIONS * plane], plane)
+}
+
+/// `len` values from `from` of each plane.
+fn part<'a>(planes: &'a mut [&mut [f32]; POSITIONS], from: usize, len: usize) -> [&'a mut [f32]; POSITIONS] {
+    planes.each_mut().map(|p| &mut p[from..from + len])
+}
+
+/// `len` values from `from` of each plane of a [36, rows, cols] buffer, read only.
+fn part_of(buf: &[f32], plane: usize, from: usize, len: usize) -> [&[f32]; POSITIONS] {
+    std::array::from_fn(|xi| &buf[xi * plane + from..][..len])
 }
 
 /// U[ξ] ([O, C], read from U [O, 36, C]) as the right operand: transposed (`[C, O]`) or not.
@@ -143,124 +152,37 @@ fn weights(u: &[f32], xi: usize, c: usize, transposed: bool) -> Mat {
     }
 }
 
+/// Whether the products go position by position across threads over the whole batch
+/// ([`by_position`]) rather than sample block by sample block within each thread ([`blocked`]):
+/// for maps of few tiles, where a block's products are too thin to repay reading all of U,
+/// and each thread's partial dU is as large as U (measured by `cargo run --release --example
+/// conv3x3`, docs/speed.md).
+fn split_by_position(g: &Tiles) -> bool {
+    g.per_map() <= BY_POSITION_MAX_TILES
+}
+
+/// Tiles per map at or below which [`split_by_position`] holds (8x8 maps have 4).
+const BY_POSITION_MAX_TILES: usize = 4;
+
 /// The convolution y [N, O, H, W] of x [N, C, H, W] with w [O, C, 3, 3].
 pub fn forward(g: &Tiles, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let (c, o) = (g.c, g.o);
-    let u = weight_transform(o, c, w);
-    let (plane_in, plane_out) = (c * g.h * g.w, o * g.h * g.w);
-    let ranges = thread_ranges(g.n);
-    // SAFETY: each range's outputs are written whole, block by block, by output_tiles.
-    unsafe {
-        par_filled_with(
-            g.n * plane_out,
-            block_len(g.n) * plane_out,
-            || Scratch::new(g),
-            |s, r, y_range| {
-                let y_range = assume_init(poisoned_in_debug(y_range));
-                for (first, b) in blocks(g, ranges[r].clone()) {
-                    let t = b.t();
-                    Padded::input(&b).fill(&b, c, &x[first * plane_in..][..b.n * plane_in], &mut s.xp);
-                    transform::input_tiles(&b, &s.xp, &mut s.tmp, &mut s.v);
-                    for xi in 0..POSITIONS {
-                        // m[ξ] = V[ξ] U[ξ]^T: [T, C] x [C, O].
-                        matmul(
-                            &mut s.m[xi * t * o..][..t * o],
-                            false,
-                            t,
-                            o,
-                            c,
-                            Mat::row_major(s.v[xi * t * c..].as_ptr(), c),
-                            weights(&u, xi, c, true),
-                        );
-                    }
-                    let start = first - ranges[r].start;
-                    transform::output_tiles(&b, &s.m, &mut s.tmp, &mut s.yp);
-                    let y = &mut y_range[start * plane_out..][..b.n * plane_out];
-                    Padded::output(&b).crop(&b, o, &s.yp, y);
-                }
-            },
-        )
+    let u = weight_transform(g.o, g.c, w);
+    if split_by_position(g) {
+        by_position::forward(g, x, &u)
+    } else {
+        blocked::forward(g, x, &u)
     }
 }
 
 /// (dx, dw) of the convolution, given dy; dx only when `need_x`.
 pub fn backward(g: &Tiles, x: &[f32], w: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<f32>) {
-    let (c, o) = (g.c, g.o);
-    let u = weight_transform(o, c, w);
-    let (plane_in, plane_out) = (c * g.h * g.w, o * g.h * g.w);
-    let ranges = thread_ranges(g.n);
-    // One range of samples: its partial dU [36, O, C], and its dx when given somewhere to put it.
-    let range = |r: usize, mut dx: Option<&mut [f32]>| -> Reused {
-        let mut s = Scratch::new(g);
-        // The input gradient gathers in a padded buffer of its own: the input's keeps its zeros.
-        let mut dxp = Reused::any(if dx.is_some() { s.xp.len() } else { 0 });
-        let mut du = Reused::any(POSITIONS * o * c);
-        for (i, (first, b)) in blocks(g, ranges[r].clone()).enumerate() {
-            let t = b.t();
-            Padded::input(&b).fill(&b, c, &x[first * plane_in..][..b.n * plane_in], &mut s.xp);
-            transform::input_tiles(&b, &s.xp, &mut s.tmp, &mut s.v);
-            Padded::output(&b).fill(&b, o, &dy[first * plane_out..][..b.n * plane_out], &mut s.yp);
-            transform::output_grad_tiles(&b, &s.yp, &mut s.tmp, &mut s.m);
-            for xi in 0..POSITIONS {
-                // dU[ξ] += D[ξ]^T V[ξ]: [O, T] x [T, C].
-                // SAFETY: the shapes are as the views say.
-                unsafe {
-                    matmul(
-                        &mut du[xi * o * c..][..o * c],
-                        i > 0,
-                        o,
-                        c,
-                        t,
-                        Mat::transposed(s.m[xi * t * o..].as_ptr(), o),
-                        Mat::row_major(s.v[xi * t * c..].as_ptr(), c),
-                    )
-                };
-            }
-            if let Some(dx) = dx.as_deref_mut() {
-                // dV[ξ] = D[ξ] U[ξ]: [T, O] x [O, C], into V's buffer.
-                for xi in 0..POSITIONS {
-                    // SAFETY: as above.
-                    unsafe {
-                        matmul(
-                            &mut s.v[xi * t * c..][..t * c],
-                            false,
-                            t,
-                            c,
-                            o,
-                            Mat::row_major(s.m[xi * t * o..].as_ptr(), o),
-                            weights(&u, xi, c, false),
-                        )
-                    };
-                }
-                let p = Padded::input(&b);
-                let dxp = &mut dxp[..p.len(b.n, c)];
-                dxp.fill(0.0);
-                transform::input_grad_tiles(&b, &s.v, &mut s.tmp, dxp);
-                let start = first - ranges[r].start;
-                p.crop(&b, c, dxp, &mut dx[start * plane_in..][..b.n * plane_in]);
-            }
-        }
-        du
-    };
-    let partial = std::sync::Mutex::new(Vec::new());
-    let dx = if need_x {
-        // SAFETY: each range's dx is written whole, block by block, by crop.
-        unsafe {
-            par_filled(g.n * plane_in, block_len(g.n) * plane_in, |r, dx_range| {
-                let du = range(r, Some(assume_init(poisoned_in_debug(dx_range))));
-                partial.lock().expect("no thread panicked").push((r, du));
-            })
-        }
+    let u = weight_transform(g.o, g.c, w);
+    let (dx, du) = if split_by_position(g) {
+        by_position::backward(g, x, &u, dy, need_x)
     } else {
-        let all: Vec<(usize, Reused)> = (0..ranges.len()).into_par_iter().map(|r| (r, range(r, None))).collect();
-        *partial.lock().expect("no thread panicked") = all;
-        Vec::new()
+        blocked::backward(g, x, &u, dy, need_x)
     };
-    let mut partial = partial.into_inner().expect("no thread panicked");
-    // Summed in range order, so that a step gives the same dW however the threads ran.
-    partial.sort_by_key(|(r, _)| *r);
-    let parts: Vec<Reused> = partial.into_iter().map(|(_, du)| du).collect();
-    (dx, weight_grad_transform(o, c, &parts))
+    (dx, weight_grad_transform(g.o, g.c, &du))
 }
 
 /// In debug builds, fills fresh output memory with NaN first, so that a value the transforms

@@ -274,11 +274,10 @@ fn tile_origin(g: &Tiles, p: &Padded, t: usize, ch: usize) -> usize {
     ((n * p.hp + 4 * ty) * p.wp + 4 * tx) * ch
 }
 
-/// V [36, T, C] = B^T d B for every tile of the block's padded input xp.
+/// V = B^T d B for every tile of the block's padded input xp: `planes[ξ]` is [T, C].
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-pub fn input_tiles(g: &Tiles, xp: &[f32], tmp: &mut [f32], v: &mut [f32]) {
+pub fn input_tiles(g: &Tiles, xp: &[f32], tmp: &mut [f32], mut planes: [&mut [f32]; 36]) {
     let (c, t_all, p) = (g.c, g.t(), Padded::input(g));
-    let mut planes = runs::<36>(&mut v[..36 * t_all * c], t_all * c);
     let mut tmp = runs::<36>(&mut tmp[..36 * c], c);
     for t in 0..t_all {
         let at = tile_origin(g, &p, t, c);
@@ -297,11 +296,11 @@ pub fn input_tiles(g: &Tiles, xp: &[f32], tmp: &mut [f32], v: &mut [f32]) {
 }
 
 /// The block's output, channels last and padded to whole tiles (yp, [`Padded::output`]):
-/// A^T m A from m [36, T, O].
+/// A^T m A, `m[ξ]` [T, O].
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-pub fn output_tiles(g: &Tiles, m: &[f32], tmp: &mut [f32], yp: &mut [f32]) {
+pub fn output_tiles(g: &Tiles, m: [&[f32]; 36], tmp: &mut [f32], yp: &mut [f32]) {
     let (o, t_all, p) = (g.o, g.t(), Padded::output(g));
-    let plane = |xi: usize, t: usize| &m[(xi * t_all + t) * o..][..o];
+    let plane = |xi: usize, t: usize| &m[xi][t * o..][..o];
     let mut tmp = runs::<24>(&mut tmp[..24 * o], o);
     for t in 0..t_all {
         // Down column j: tmp[6 i + j], i in 0..4.
@@ -319,12 +318,11 @@ pub fn output_tiles(g: &Tiles, m: &[f32], tmp: &mut [f32], yp: &mut [f32]) {
     }
 }
 
-/// D [36, T, O] = A dy A^T for every tile, from the block's output gradient padded to whole
-/// tiles, dyp.
+/// D = A dy A^T for every tile, from the block's output gradient padded to whole tiles, dyp:
+/// `planes[ξ]` is [T, O].
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-pub fn output_grad_tiles(g: &Tiles, dyp: &[f32], tmp: &mut [f32], d: &mut [f32]) {
+pub fn output_grad_tiles(g: &Tiles, dyp: &[f32], tmp: &mut [f32], mut planes: [&mut [f32]; 36]) {
     let (o, t_all, p) = (g.o, g.t(), Padded::output(g));
-    let mut planes = runs::<36>(&mut d[..36 * t_all * o], t_all * o);
     let mut tmp = runs::<24>(&mut tmp[..24 * o], o);
     for t in 0..t_all {
         let at = tile_origin(g, &p, t, o);
@@ -342,12 +340,12 @@ pub fn output_grad_tiles(g: &Tiles, dyp: &[f32], tmp: &mut [f32], d: &mut [f32])
     }
 }
 
-/// Adds B dV B^T of every tile, dV [36, T, C], into the block's padded input gradient dxp
+/// Adds B dV B^T of every tile, `dv[ξ]` [T, C], into the block's padded input gradient dxp
 /// (where patches overlap, their gradients add).
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-pub fn input_grad_tiles(g: &Tiles, dv: &[f32], tmp: &mut [f32], dxp: &mut [f32]) {
+pub fn input_grad_tiles(g: &Tiles, dv: [&[f32]; 36], tmp: &mut [f32], dxp: &mut [f32]) {
     let (c, t_all, p) = (g.c, g.t(), Padded::input(g));
-    let plane = |xi: usize, t: usize| &dv[(xi * t_all + t) * c..][..c];
+    let plane = |xi: usize, t: usize| &dv[xi][t * c..][..c];
     let mut tmp = runs::<36>(&mut tmp[..36 * c], c);
     for t in 0..t_all {
         // Down column j: tmp[6 r + j].
