@@ -37,11 +37,21 @@ impl Padded {
         n * self.hp * self.wp * ch
     }
 
-    /// Writes the block's maps x [n, ch, H, W] into their places in `dst`; the padding is left
-    /// as it is (zero).
+    /// Writes the block's maps x [n, ch, H, W] into their places in `dst`, and zeros around
+    /// them.
     pub fn fill(&self, g: &Tiles, ch: usize, x: &[f32], dst: &mut [f32]) {
         let plane = g.h * g.w;
+        let (row_len, left, right) = (self.wp * ch, self.top * ch, (self.top + g.w) * ch);
         for n in 0..g.n {
+            let map = &mut dst[n * self.hp * row_len..][..self.hp * row_len];
+            for (r, row) in map.chunks_exact_mut(row_len).enumerate() {
+                if r < self.top || r >= self.top + g.h {
+                    row.fill(0.0);
+                } else {
+                    row[..left].fill(0.0);
+                    row[right..].fill(0.0);
+                }
+            }
             for y in 0..g.h {
                 let row = ((n * self.hp + y + self.top) * self.wp + self.top) * ch;
                 // Channels x pixels of one map row -> pixels x channels.

@@ -117,10 +117,10 @@ struct Scratch {
 impl Scratch {
     /// For blocks of up to `most` samples.
     fn new(g: &Tiles, most: usize) -> Self {
+        // All written before they are read (the padding by `Padded::fill`).
         Self {
-            // The padding is read: zeros. The rest is written before it is read.
-            xp: Reused::zeroed(Padded::input(g).len(most, g.c)),
-            yp: Reused::zeroed(Padded::output(g).len(most, g.o)),
+            xp: Reused::any(Padded::input(g).len(most, g.c)),
+            yp: Reused::any(Padded::output(g).len(most, g.o)),
             tmp: Reused::any(36 * g.c.max(g.o)),
         }
     }

@@ -115,7 +115,12 @@ fn map_lanes<const K: usize, const M: usize>(
     };
     let full = n - n % LANES;
     for at in (0..full).step_by(LANES) {
-        let x: [[f32; LANES]; K] = std::array::from_fn(|k| inp[k][at..at + LANES].try_into().expect("a group"));
+        // (Copied row by row: building the array with `from_fn` and `try_into` was not inlined
+        // and went through memmove.)
+        let mut x = [[0f32; LANES]; K];
+        for k in 0..K {
+            x[k].copy_from_slice(&inp[k][at..at + LANES]);
+        }
         let y = group(&x);
         for m in 0..M {
             let o: &mut [f32; LANES] = (&mut out[m][at..at + LANES]).try_into().expect("a group");
@@ -130,7 +135,10 @@ fn map_lanes<const K: usize, const M: usize>(
         // The last, partial group: the last LANES lanes, of which the first `done` are done
         // already (written again with the same values, or, when adding, skipped).
         let (at, done) = (n - LANES, LANES - (n - full));
-        let x: [[f32; LANES]; K] = std::array::from_fn(|k| inp[k][at..].try_into().expect("a group"));
+        let mut x = [[0f32; LANES]; K];
+        for k in 0..K {
+            x[k].copy_from_slice(&inp[k][at..]);
+        }
         let y = group(&x);
         for m in 0..M {
             let o: &mut [f32; LANES] = (&mut out[m][at..]).try_into().expect("a group");
@@ -168,15 +176,20 @@ pub(super) fn runs<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; 
 }
 
 /// `len` values from `start` of each of the runs at `idx`.
+/// Every call passes an arithmetic progression (a tile's row or column, see [`line`]) of
+/// indices below N, so they are distinct; checked in debug builds only, since the check's
+/// pairwise comparisons cost more than the few vector operations each pick feeds.
+#[inline(always)]
 fn pick<'a, const N: usize, const M: usize>(
     runs: &'a mut [&mut [f32]; N],
     idx: [usize; M],
     start: usize,
     len: usize,
 ) -> [&'a mut [f32]; M] {
-    runs.get_disjoint_mut(idx)
-        .expect("distinct runs")
-        .map(|r| &mut r[start..start + len])
+    debug_assert!(runs.get_disjoint_mut(idx).is_ok(), "distinct runs below N");
+    assert!(idx.iter().all(|&i| i < N), "runs below N");
+    // SAFETY: the indices are in bounds (asserted) and distinct (the callers' progressions).
+    unsafe { runs.get_disjoint_unchecked_mut(idx) }.map(|r| &mut r[start..start + len])
 }
 
 /// The positions of a column (`step` 6) or a row (`step` 1) of a 6x6 tile.
