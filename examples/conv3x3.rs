@@ -1,6 +1,6 @@
 //! The 3x3 convolutions of `resnet18 --nfilters 44` at one batch size, forward + backward on the
 //! CPU: burn's `Conv2d::forward` (flex's convolution) against pnn's im2col and gemm and, for the
-//! stride-1 ones, pnn's Winograd F(2x2, 3x3), side by side, with the rate each reaches in
+//! stride-1 ones, pnn's Winograd F(4x4, 3x3), side by side, with the rate each reaches in
 //! GFLOP/s (2 x the multiply-adds of a direct convolution, x3 for the forward, input-gradient
 //! and weight-gradient products; Winograd does fewer, so its rate can pass the CPU's peak):
 //!

@@ -39,14 +39,15 @@ pub enum ConvAlgorithm {
 
 /// Batches of at least this many 4x4 output tiles take Winograd under [`ConvAlgorithm::Auto`]:
 /// with fewer, the products are too thin to repay the transformed weights, which are 4x the
-/// size of the kernels (352 channels at 4x4, one tile a map: Winograd 0.83x im2col's speed at
-/// batch 16, 1.00x at 24, 1.27x at 32, 2.03x at 64; measured by `cargo run --release --example
-/// conv3x3 -- 16 44`, docs/speed.md).
+/// size of the kernels (352 channels at 4x4, one tile a map, forward + backward: Winograd 0.84x
+/// im2col's speed at batch 16, 1.03x at 24, 1.24x at 32, 2.12x at 64; `cargo run --release
+/// --example conv3x3 -- 16 44` on the 2-core Intel Xeon, docs/speed.md).
 const WINOGRAD_MIN_TILES: usize = 32;
 
 /// ... and at least this many input and output channels: the transforms cost the same per
 /// channel whatever the product's size, and a first layer's product over 3 image channels is
-/// too small to repay them (3 -> 128 channels at 32x32: Winograd 0.28x im2col's speed).
+/// too small to repay them (3 -> 44 channels at 32x32: Winograd 0.33x im2col's speed at batch
+/// 16, 0.30x at 64).
 const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 impl ConvAlgorithm {
