@@ -121,6 +121,8 @@ pub fn estimate(config: &Config, geometry: Geometry, device: &Device) -> Result<
 /// built model (`None` when the allocator does not count).
 pub fn step_peak(config: &Config, geometry: Geometry, batch: usize, device: &Device) -> Result<Option<usize>> {
     let model = models::build_for(config, geometry, device)?;
+    // The kernels' kept scratch from earlier steps would hide what this step needs.
+    crate::ops::cpu::reused::release_all();
     let Some(before) = allocator::live_bytes() else {
         return Ok(None);
     };

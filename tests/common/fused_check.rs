@@ -181,7 +181,8 @@ pub fn activation_cases() -> Vec<(Case, u64)> {
 }
 
 /// Maps larger than one tile of the CPU kernel (64 pixels) and not a multiple of it, batches
-/// split unevenly over threads, 64 masks: with and without an activation (the linear path).
+/// split unevenly over threads, 64 masks: with and without an activation (the linear path), and
+/// one output per input channel with fixed masks.
 /// The last row is for the GPU's two-stage mask gradient: 16 x 64 x 64 shared mask values, each
 /// read by 3 samples x 5 channels, split into 4 chunks of 4 pairs, the last one short.
 pub fn tile_cases() -> Vec<(Case, u64)> {
@@ -192,6 +193,9 @@ pub fn tile_cases() -> Vec<(Case, u64)> {
             (2, 2, 64, false, true, false, 11, 3),
             (3, 6, 5, true, true, false, 9, 5),
             (4, 4, 3, false, false, false, 13, 2),
+            // One output per channel (og = 1): a 64-pixel run, a 16-pixel chunk and one pixel
+            // past it, fixed masks.
+            (3, 3, 8, true, false, true, 9, 2),
             (5, 5, 16, false, true, true, 64, 3),
         ],
         30,

@@ -5,6 +5,10 @@
 //! (page faults) or `vec![0.0; n]` (a memset) clear before the first useful write. A buffer
 //! taken here holds whatever an earlier call left in it: always initialised floats, never
 //! uninitialised memory, so it serves any scratch that is written before it is read.
+//!
+//! The spares are memory the process holds between calls (at most a call's working set per
+//! thread). [`release_all`] frees them, so that a measurement of a step's memory
+//! (`train::memory`) counts the scratch the step allocates rather than what earlier steps left.
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
@@ -73,4 +77,13 @@ impl Drop for Reused {
             }
         });
     }
+}
+
+/// Frees the spares of this thread and of every thread of rayon's pool.
+pub fn release_all() {
+    let release = || {
+        let _ = SPARE.try_with(|s| s.borrow_mut().clear());
+    };
+    release();
+    rayon::broadcast(|_| release());
 }

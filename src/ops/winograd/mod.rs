@@ -69,10 +69,6 @@ impl Tiles {
     fn t(&self) -> usize {
         self.n * self.per_map()
     }
-    /// The batch's 4x4 output tiles (what decides whether Winograd pays off).
-    pub fn count(&self) -> usize {
-        self.t()
-    }
 }
 
 /// Samples per block: as many as keep a block's transformed tiles (36 x tiles x (C + O)
