@@ -37,9 +37,15 @@ pub enum ConvAlgorithm {
     Winograd,
 }
 
-/// Convolutions with at least this many input and output channels take Winograd under
-/// [`ConvAlgorithm::Auto`]: the transforms cost the same per channel whatever the product's
-/// size, and a first layer's product over 3 image channels is
+/// Output maps of at least this many 4x4 tiles take Winograd under [`ConvAlgorithm::Auto`]
+/// (8x8 maps have 4): on 4x4 maps, one tile each, Winograd's transformed weights (4x the
+/// kernels) cost more than it saves at the usual batch sizes (352 channels, forward +
+/// backward: 0.84x im2col's speed at batch 16, 1.03x at 24, 2.12x at 64; `cargo run --release
+/// --example conv3x3 -- 16 44` on the 2-core Intel Xeon, docs/speed.md).
+const WINOGRAD_MIN_TILES: usize = 4;
+
+/// ... and at least this many input and output channels: the transforms cost the same per
+/// channel whatever the product's size, and a first layer's product over 3 image channels is
 /// too small to repay them (3 -> 44 channels at 32x32: Winograd 0.33x im2col's speed at batch
 /// 16, 0.30x at 64).
 const WINOGRAD_MIN_CHANNELS: usize = 16;
@@ -47,17 +53,16 @@ const WINOGRAD_MIN_CHANNELS: usize = 16;
 impl ConvAlgorithm {
     /// The algorithm that runs for these sizes: `Auto` and `Winograd` resolved.
     ///
-    /// The batch size plays no part, though Winograd on 4x4 maps (one tile a map) loses at small
-    /// batches (352 channels, forward + backward: 0.84x im2col's speed at batch 16, 2.12x at 64;
-    /// `cargo run --release --example conv3x3 -- 16 44` on the 2-core Intel Xeon): a choice
-    /// that moved with the batch would give a model different arithmetic at different batch
-    /// sizes, and a working memory that is not linear in the batch, which the memory estimate
-    /// (`train::memory`) extrapolates from two small batches.
+    /// The batch size plays no part: a choice that moved with the batch would give a model
+    /// different arithmetic at different batch sizes, and a working memory that is not linear in
+    /// the batch, which the memory estimate (`train::memory`) extrapolates from two small
+    /// batches.
     fn resolve(self, g: &ConvSizes) -> Self {
         let applies = g.k == 3 && g.stride == 1 && g.padding == 1;
+        let pays = g.c.min(g.o) >= WINOGRAD_MIN_CHANNELS && g.tiles().per_map() >= WINOGRAD_MIN_TILES;
         match self {
             Self::Winograd if applies => Self::Winograd,
-            Self::Auto if applies && g.c.min(g.o) >= WINOGRAD_MIN_CHANNELS => Self::Winograd,
+            Self::Auto if applies && pays => Self::Winograd,
             _ => Self::Im2col,
         }
     }

@@ -138,34 +138,14 @@ fn forward_sample<A: ActivationFn>(op: &Operands, bias: &[f32], x_n: &[f32], out
     let g = op.g;
     if g.og == 1 {
         // One output per group (the layer's usual shape): each perturbed map is added to the
-        // output as it is computed, and never stored. A run of RUN output pixels stays in
-        // registers across the group's maps; the pixels past the last whole run are added map
-        // by map into the row. Either way each pixel adds the maps in order.
-        let whole = g.hw / RUN * RUN;
+        // output row as it is computed, and never stored.
         for (o, row) in out_n.chunks_mut(g.hw).enumerate() {
-            for p0 in (0..whole).step_by(RUN) {
-                let mut acc = [bias[o]; RUN];
-                for j in 0..g.kg {
-                    let (c, noise_at) = g.source(o * g.kg + j);
-                    let wv = op.weight[o * g.kg + j];
-                    let xs = run(x_n, c * g.hw + p0);
-                    let ns = run(op.noise, noise_at + p0);
-                    for l in 0..RUN {
-                        acc[l] += wv * A::apply(xs[l] + op.level * ns[l]);
-                    }
-                }
-                row[p0..p0 + RUN].copy_from_slice(&acc);
-            }
-            let rest = &mut row[whole..];
-            rest.fill(bias[o]);
+            row.fill(bias[o]);
             for j in 0..g.kg {
                 let (c, noise_at) = g.source(o * g.kg + j);
                 let wv = op.weight[o * g.kg + j];
-                let (xs, ns) = (
-                    &x_n[c * g.hw + whole..g.hw * (c + 1)],
-                    &op.noise[noise_at + whole..noise_at + g.hw],
-                );
-                for ((r, &xv), &nv) in rest.iter_mut().zip(xs).zip(ns) {
+                let (xs, ns) = (&x_n[c * g.hw..][..g.hw], &op.noise[noise_at..][..g.hw]);
+                for ((r, &xv), &nv) in row.iter_mut().zip(xs).zip(ns) {
                     *r += wv * A::apply(xv + op.level * nv);
                 }
             }
@@ -247,32 +227,24 @@ fn backward_sample<A: ActivationFn>(
     let g = op.g;
     let need_noise = !acc.noise.is_empty();
     if g.og == 1 {
-        let lanes = &mut scratch[..g.kg * LANES];
         for o in 0..g.o {
             let go = &go_n[o * g.hw..][..g.hw];
             acc.bias[o] += sum(go);
-            // The group's maps in spans that read one input channel (a single span when a
-            // group holds one channel's masks, as in the layer).
-            let first = o * g.kg;
-            let mut j0 = 0;
-            while j0 < g.kg {
-                let c = g.source(first + j0).0;
-                let j1 = (j0..g.kg).find(|&j| g.source(first + j).0 != c).unwrap_or(g.kg);
-                let span = ChannelSpan {
-                    op,
+            for j in 0..g.kg {
+                let (c, noise_at) = g.source(o * g.kg + j);
+                let map = MapGrad {
                     x: &x_n[c * g.hw..][..g.hw],
+                    noise: &op.noise[noise_at..][..g.hw],
                     go,
-                    maps: first + j0..first + j1,
+                    level: op.level,
+                    weight: op.weight[o * g.kg + j],
                 };
                 let dx = &mut dx_n[c * g.hw..][..g.hw];
-                let lanes = &mut lanes[..(j1 - j0) * LANES];
-                let weight = &mut acc.weight[first + j0..first + j1];
-                if need_noise {
-                    span.run::<A, true>(dx, &mut acc.noise, lanes, weight);
+                acc.weight[o * g.kg + j] += if need_noise {
+                    map.run::<A, true>(dx, &mut acc.noise[noise_at..][..g.hw])
                 } else {
-                    span.run::<A, false>(dx, &mut [], lanes, weight);
-                }
-                j0 = j1;
+                    map.run::<A, false>(dx, &mut [])
+                };
             }
         }
         return;
@@ -315,92 +287,6 @@ fn backward_sample<A: ActivationFn>(
     }
 }
 
-/// Pixels an og = 1 loop keeps in registers across a group's maps: four AVX-512 vectors.
-const RUN: usize = 4 * LANES;
-
-/// The RUN values of `s` from `at`.
-#[inline(always)]
-fn run(s: &[f32], at: usize) -> &[f32; RUN] {
-    s[at..at + RUN].try_into().expect("a whole run")
-}
-
-#[inline(always)]
-fn run_mut(s: &mut [f32], at: usize) -> &mut [f32; RUN] {
-    (&mut s[at..at + RUN]).try_into().expect("a whole run")
-}
-
-/// The backward pass of the perturbed maps `maps` (weight indices) of one output when they all
-/// read one input channel x (og = 1).
-struct ChannelSpan<'a> {
-    op: &'a Operands<'a>,
-    x: &'a [f32],
-    go: &'a [f32],
-    maps: std::ops::Range<usize>,
-}
-
-impl ChannelSpan<'_> {
-    /// With each map `a = act(x + level * noise)` recomputed: adds `d = weight * go * act'`
-    /// to `dx` (and `level * d` to the map's mask gradient in `dnoise` if NOISE), and adds each
-    /// map's weight gradient `go . a` to `weight`.
-    ///
-    /// Runs of RUN pixels keep dx in registers across the maps; each map's `go . a` is summed
-    /// in 16 lanes (`lanes`, one row per map) in pixel order, the pixels past the last whole
-    /// run map by map. Every sum is added in the same order as a map-by-map pass would add it.
-    #[inline(always)]
-    fn run<A: ActivationFn, const NOISE: bool>(
-        &self,
-        dx: &mut [f32],
-        dnoise: &mut [f32],
-        lanes: &mut [f32],
-        weight: &mut [f32],
-    ) {
-        let (g, level) = (self.op.g, self.op.level);
-        let hw = self.x.len();
-        let whole = hw / RUN * RUN;
-        lanes.fill(0.0);
-        for p0 in (0..whole).step_by(RUN) {
-            let (x, go) = (run(self.x, p0), run(self.go, p0));
-            let mut dxr = *run(dx, p0);
-            for (i, k) in self.maps.clone().enumerate() {
-                let (_, noise_at) = g.source(k);
-                let (n, w) = (run(self.op.noise, noise_at + p0), self.op.weight[k]);
-                let acc: &mut [f32; LANES] = (&mut lanes[i * LANES..][..LANES]).try_into().expect("a row");
-                let mut d = [0f32; RUN];
-                for l in 0..RUN {
-                    let v = x[l] + level * n[l];
-                    let a = A::apply(v);
-                    acc[l % LANES] += go[l] * a;
-                    d[l] = w * go[l] * A::derivative(v, a);
-                    dxr[l] += d[l];
-                }
-                if NOISE {
-                    let dn = run_mut(dnoise, noise_at + p0);
-                    for l in 0..RUN {
-                        dn[l] += level * d[l];
-                    }
-                }
-            }
-            *run_mut(dx, p0) = dxr;
-        }
-        for (i, k) in self.maps.clone().enumerate() {
-            let (_, noise_at) = g.source(k);
-            let map = MapGrad {
-                x: self.x,
-                noise: &self.op.noise[noise_at..][..hw],
-                go: self.go,
-                level,
-                weight: self.op.weight[k],
-            };
-            let acc: [f32; LANES] = lanes[i * LANES..][..LANES].try_into().expect("a row");
-            weight[i] += if NOISE {
-                map.run_from::<A, true>(whole, acc, dx, &mut dnoise[noise_at..][..hw])
-            } else {
-                map.run_from::<A, false>(whole, acc, dx, &mut [])
-            };
-        }
-    }
-}
-
 /// One perturbed map's share of the backward pass when it feeds a single output (og = 1).
 struct MapGrad<'a> {
     x: &'a [f32],
@@ -411,17 +297,11 @@ struct MapGrad<'a> {
 }
 
 impl MapGrad<'_> {
-    /// In one pass over the pixels from `start`, with the map `a = act(x + level * noise)`
-    /// recomputed: adds `d = weight * go * act'` to `dx` (and `level * d` to `dnoise` if NOISE),
-    /// and returns the weight's gradient `go . a`, summed in 16 lanes that start at `acc`.
+    /// In one pass over the pixels, with the map `a = act(x + level * noise)` recomputed: adds
+    /// `d = weight * go * act'` to `dx` (and `level * d` to `dnoise` if NOISE), and returns the
+    /// weight's gradient `go . a`.
     #[inline(always)]
-    fn run_from<A: ActivationFn, const NOISE: bool>(
-        &self,
-        start: usize,
-        mut acc: [f32; LANES],
-        dx: &mut [f32],
-        dnoise: &mut [f32],
-    ) -> f32 {
+    fn run<A: ActivationFn, const NOISE: bool>(&self, dx: &mut [f32], dnoise: &mut [f32]) -> f32 {
         // Fixed-size chunks, so that the lane loop has no bounds checks and vectorises.
         fn chunk(s: &[f32], at: usize) -> &[f32; LANES] {
             s[at..at + LANES].try_into().expect("a whole chunk")
@@ -430,8 +310,9 @@ impl MapGrad<'_> {
             (&mut s[at..at + LANES]).try_into().expect("a whole chunk")
         }
         let len = self.x.len();
-        let whole = start + (len - start) / LANES * LANES;
-        for base in (start..whole).step_by(LANES) {
+        let whole = len / LANES * LANES;
+        let mut acc = [0f32; LANES];
+        for base in (0..whole).step_by(LANES) {
             let (x, n, go) = (chunk(self.x, base), chunk(self.noise, base), chunk(self.go, base));
             let dx = chunk_mut(dx, base);
             let mut d = [0f32; LANES];

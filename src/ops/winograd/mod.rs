@@ -62,7 +62,7 @@ impl Tiles {
         self.w.div_ceil(4)
     }
     /// Tiles of one map.
-    fn per_map(&self) -> usize {
+    pub fn per_map(&self) -> usize {
         self.th() * self.tw()
     }
     /// Tiles of the batch: the rows of the products.
