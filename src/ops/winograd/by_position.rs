@@ -9,7 +9,7 @@ use super::layout::Padded;
 use super::transform::{input_grad_tiles, input_tiles, output_grad_tiles, output_tiles};
 use super::{POSITIONS, Scratch, Tiles, part, part_of, planes, poisoned_in_debug, thread_ranges, weights};
 use crate::ops::cpu::blocks::block_len;
-use crate::ops::cpu::buffer::{assume_init, par_filled_with};
+use crate::ops::cpu::buffer::{assume_init, par_filled};
 use crate::ops::cpu::matmul::{Mat, matmul};
 use crate::ops::cpu::reused::Reused;
 
@@ -45,14 +45,20 @@ fn transformed(
     buf
 }
 
+/// V [36, T, C] of the whole batch's input x [N, C, H, W].
+fn input_transformed(g: &Tiles, x: &[f32]) -> Reused {
+    let plane_in = g.c * g.h * g.w;
+    transformed(g, g.c, |b, first, s, planes| {
+        Padded::input(b).fill(b, g.c, &x[first * plane_in..][..b.n * plane_in], &mut s.xp);
+        input_tiles(b, &s.xp, &mut s.tmp, planes);
+    })
+}
+
 /// y [N, O, H, W], given U [O, 36, C].
 pub fn forward(g: &Tiles, x: &[f32], u: &[f32]) -> Vec<f32> {
     let (c, o, t) = (g.c, g.o, g.t());
-    let (plane_in, plane_out) = (c * g.h * g.w, o * g.h * g.w);
-    let v = transformed(g, c, |b, first, s, planes| {
-        Padded::input(b).fill(b, c, &x[first * plane_in..][..b.n * plane_in], &mut s.xp);
-        input_tiles(b, &s.xp, &mut s.tmp, planes);
-    });
+    let plane_out = o * g.h * g.w;
+    let v = input_transformed(g, x);
     // m[ξ] = V[ξ] U[ξ]^T: [T, C] x [C, O], positions across threads.
     let mut m = Reused::any(POSITIONS * t * o);
     m.par_chunks_mut(t * o).enumerate().for_each(|(xi, m)| {
@@ -72,24 +78,19 @@ pub fn forward(g: &Tiles, x: &[f32], u: &[f32]) -> Vec<f32> {
     let ranges = thread_ranges(g.n);
     // SAFETY: each range's outputs are written whole by crop.
     unsafe {
-        par_filled_with(
-            g.n * plane_out,
-            block_len(g.n) * plane_out,
-            || (),
-            |_, r, y_range| {
-                let y_range = assume_init(poisoned_in_debug(y_range));
-                let range = ranges[r].clone();
-                let b = Tiles { n: range.len(), ..*g };
-                let mut s = Scratch::new(g, b.n);
-                output_tiles(
-                    &b,
-                    part_of(&m, t * o, range.start * g.per_map() * o, b.t() * o),
-                    &mut s.tmp,
-                    &mut s.yp,
-                );
-                Padded::output(&b).crop(&b, o, &s.yp, y_range);
-            },
-        )
+        par_filled(g.n * plane_out, block_len(g.n) * plane_out, |r, y_range| {
+            let y_range = assume_init(poisoned_in_debug(y_range));
+            let range = ranges[r].clone();
+            let b = Tiles { n: range.len(), ..*g };
+            let mut s = Scratch::new(g, b.n);
+            output_tiles(
+                &b,
+                part_of(&m, t * o, range.start * g.per_map() * o, b.t() * o),
+                &mut s.tmp,
+                &mut s.yp,
+            );
+            Padded::output(&b).crop(&b, o, &s.yp, y_range);
+        })
     }
 }
 
@@ -97,10 +98,7 @@ pub fn forward(g: &Tiles, x: &[f32], u: &[f32]) -> Vec<f32> {
 pub fn backward(g: &Tiles, x: &[f32], u: &[f32], dy: &[f32], need_x: bool) -> (Vec<f32>, Vec<Reused>) {
     let (c, o, t) = (g.c, g.o, g.t());
     let (plane_in, plane_out) = (c * g.h * g.w, o * g.h * g.w);
-    let mut v = transformed(g, c, |b, first, s, planes| {
-        Padded::input(b).fill(b, c, &x[first * plane_in..][..b.n * plane_in], &mut s.xp);
-        input_tiles(b, &s.xp, &mut s.tmp, planes);
-    });
+    let mut v = input_transformed(g, x);
     let d = transformed(g, o, |b, first, s, planes| {
         Padded::output(b).fill(b, o, &dy[first * plane_out..][..b.n * plane_out], &mut s.yp);
         output_grad_tiles(b, &s.yp, &mut s.tmp, planes);
@@ -142,26 +140,21 @@ pub fn backward(g: &Tiles, x: &[f32], u: &[f32], dy: &[f32], need_x: bool) -> (V
     let ranges = thread_ranges(g.n);
     // SAFETY: each range's dx is written whole by crop.
     let dx = unsafe {
-        par_filled_with(
-            g.n * plane_in,
-            block_len(g.n) * plane_in,
-            || (),
-            |_, r, dx_range| {
-                let dx_range = assume_init(poisoned_in_debug(dx_range));
-                let range = ranges[r].clone();
-                let b = Tiles { n: range.len(), ..*g };
-                let p = Padded::input(&b);
-                let mut dxp = Reused::zeroed(p.len(b.n, c));
-                let mut s = Scratch::new(g, 0);
-                input_grad_tiles(
-                    &b,
-                    part_of(&v, t * c, range.start * g.per_map() * c, b.t() * c),
-                    &mut s.tmp,
-                    &mut dxp,
-                );
-                p.crop(&b, c, &dxp, dx_range);
-            },
-        )
+        par_filled(g.n * plane_in, block_len(g.n) * plane_in, |r, dx_range| {
+            let dx_range = assume_init(poisoned_in_debug(dx_range));
+            let range = ranges[r].clone();
+            let b = Tiles { n: range.len(), ..*g };
+            let p = Padded::input(&b);
+            let mut dxp = Reused::zeroed(p.len(b.n, c));
+            let mut s = Scratch::new(g, 0);
+            input_grad_tiles(
+                &b,
+                part_of(&v, t * c, range.start * g.per_map() * c, b.t() * c),
+                &mut s.tmp,
+                &mut dxp,
+            );
+            p.crop(&b, c, &dxp, dx_range);
+        })
     };
     (dx, vec![du])
 }
